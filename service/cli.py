@@ -1,0 +1,139 @@
+"""`sobot-panel serve | sign | audit ...`: a thin layer that parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from .settings import Settings, describe_error
+from .signing import SignPolicy, sign_fields
+from .surfaces import Surface, View, build_query_string, zc_encode_blob
+
+log = logging.getLogger("sobot_panel")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as error:
+        print(f"sobot-panel: bad setting: {describe_error(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    warnings = []
+    if settings.demo:
+        warnings.append(
+            "DEMO MODE: sysNum 'demo', secret 'demo-secret', sample customers and the host simulator at "
+            f"{settings.base_url}/dev/host. Never expose this to a network."
+        )
+    if settings.secret is None:
+        warnings.append(
+            "PANEL_SECRET is not set: legacy signs md5(sysNum+email) are accepted. Such a sign never changes "
+            "for an agent, so anyone who has seen one panel URL can open any customer's panel forever. "
+            "Turn on Sobot's security key (安全密钥) and set PANEL_SECRET."
+        )
+    if settings.session_key_generated:
+        warnings.append(
+            "PANEL_SESSION_KEY is not set: a random key was generated, so panel sessions only work with a "
+            "single replica and end at restart. Set the same PANEL_SESSION_KEY on every replica."
+        )
+    if settings.api_token is None:
+        warnings.append("PANEL_API_TOKEN is not set: POST /api/partners/{id}/invalidate is off.")
+    return warnings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+    from .observability import AccessLogger, configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_format)
+    for warning in startup_warnings(settings):
+        log.warning(warning)
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    log.info("sobot-panel listening on http://%s:%s", host, port)
+    if settings.demo:
+        log.info("open the Sobot host simulator: %s/dev/host", settings.base_url)
+    web.run_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        access_log_class=AccessLogger,
+        print=None,
+        shutdown_timeout=args.grace,
+        handle_signals=True,
+    )
+    return 0
+
+
+def _parse_fields(pairs: Sequence[str]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"sobot-panel: --field expects k=v, got {pair!r}")
+        fields[name] = value
+    return fields
+
+
+def signed_url(
+    settings: Settings, surface: Surface, view: View | None, fields: dict[str, str], *, zc_encode: bool = False
+) -> str:
+    """A URL Sobot could have opened: the configured secret, the current timestamp, a valid sign."""
+    policy = SignPolicy(
+        sys_num=settings.sysnum,
+        secret=settings.secret_value(),
+        wecom_secret=settings.wecom_secret_value(),
+        max_age_s=settings.sign_max_age,
+    )
+    signed = sign_fields(surface, fields, policy, time.time_ns() // 1_000_000)
+    query = build_query_string(signed)
+    if zc_encode:
+        query = zc_encode_blob(query)
+    path = f"/embed/{surface.value}" + (f"/{view.value}" if view else "")
+    return f"{settings.base_url}{path}?{query}"
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    settings = _settings()
+    try:
+        surface = Surface(args.surface)
+        view = View(args.view) if args.view else None
+    except ValueError as error:
+        print(f"sobot-panel: {error}", file=sys.stderr)
+        return 2
+    print(signed_url(settings, surface, view, _parse_fields(args.field), zc_encode=args.zc_encode))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sobot-panel", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--host", help="listen address (default PANEL_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (default PANEL_PORT)")
+    serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM (default 10)")
+    serve.set_defaults(run=cmd_serve)
+
+    sign = commands.add_parser("sign", help="print a correctly signed panel URL")
+    sign.add_argument("surface", choices=[s.value for s in Surface])
+    sign.add_argument("--view", choices=[v.value for v in View])
+    sign.add_argument("--field", action="append", default=[], metavar="K=V", help="a query field, repeatable")
+    sign.add_argument("--zc-encode", action="store_true", help="encode the query as one zc_encode=1 blob")
+    sign.set_defaults(run=cmd_sign)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))

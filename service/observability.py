@@ -1,0 +1,104 @@
+"""Metrics (Prometheus, one registry per app), structured logs, and the access log.
+
+The access log prints the path without its query string: a query carries signs and identities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "panel_http_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "panel_http_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.sign_failures = Counter(
+            "panel_sign_failures", "Requests refused by sign verification, by reason", ["reason"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.cache_lookups = Counter(
+            "panel_cache_lookups", "Customer look-ups by where they were answered", ["source"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.upstream_calls = Counter(
+            "panel_upstream_calls", "Calls to the enterprise customer API by outcome", ["outcome"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.upstream_latency = Histogram(
+            "panel_upstream_seconds", "Latency of the enterprise customer API", registry=self.registry
+        )
+        self.sends = Counter(
+            "panel_sends", "Cards and tickets sent, by kind and result", ["kind", "result"], registry=self.registry
+        )
+        self.websockets = Gauge("panel_websockets_open", "Open panel websockets", registry=self.registry)
+
+    def observe_upstream(self, seconds: float, outcome: str) -> None:
+        self.upstream_calls.labels(outcome).inc()
+        self.upstream_latency.observe(seconds)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            entry.update(extra)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(log_format: str, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+REQUEST_ID = "request_id"
+
+
+class AccessLogger(AbstractAccessLogger):
+    """method, path (never the query), status, duration, request id."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
+        fields = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "ms": round(elapsed * 1000, 2),
+            "request_id": request.get(REQUEST_ID, ""),
+        }
+        self.logger.info(
+            "%s %s %s %.1fms", request.method, request.path, response.status, elapsed * 1000, extra={"fields": fields}
+        )
+
+
+def monotonic() -> float:
+    return time.perf_counter()

@@ -1,0 +1,402 @@
+"""Page handlers: the signed `/embed/...` panels, the send endpoint, and the invalidation API."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from . import appkeys as appmod
+from .audit import EVENT_ID_PATTERN, AuditRecord
+from .cards import (
+    audit_kind,
+    build_message,
+    general_card_from_order,
+    general_card_from_product,
+    goods_card_from_product,
+    order_card_from_order,
+    ticket_prefill_from_order,
+)
+from .directory.cache import CacheResult
+from .directory.models import Customer, LookupKeys, UpstreamError
+from .errors import NotFound, PanelError, PayloadError, Unavailable
+from .i18n import Lang, pick_lang
+from .security import SessionClaims, TokenError, issue_token, read_token
+from .signing import verify_sign
+from .surfaces import Surface, SurfaceContext, View, parse_query_string, parse_surface, parse_view
+
+log = logging.getLogger(__name__)
+
+CHINA = timezone(timedelta(hours=8))
+LAYOUT = {
+    Surface.WORKBENCH: "column",
+    Surface.CUSTOMER: "wide",
+    Surface.QA: "wide",
+    Surface.MONITOR: "wide",
+    Surface.TICKET: "wide",
+    Surface.CALL: "call",
+    Surface.CALL_TASK: "call",
+    Surface.WECOM: "mobile",
+}
+# Our own query parameters, never part of Sobot's signed context.
+OWN_PARAMS = {"lang"}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def request_lang(request: web.Request) -> Lang:
+    return pick_lang(request.query.get("lang"), request.headers.get("Accept-Language"))
+
+
+# --- rendering helpers -----------------------------------------------------------------------
+
+
+def yuan(fen: int | str) -> str:
+    value = int(fen)
+    return f"¥{value // 100:,}.{value % 100:02d}" if value >= 0 else f"-{yuan(-value)}"
+
+
+def ms_datetime(ms: int | None) -> str:
+    if not ms:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, CHINA).strftime("%Y-%m-%d %H:%M")
+
+
+def _json_attr(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class PanelState:
+    """Everything a panel shows for one verified context."""
+
+    surface: Surface
+    context: SurfaceContext | None
+    result: CacheResult | None
+
+    @property
+    def customer(self) -> Customer | None:
+        return self.result.customer if self.result else None
+
+
+def lookup_keys(context: SurfaceContext) -> LookupKeys:
+    return LookupKeys(
+        partner_id=context.partner_id,
+        phone=context.phone,
+        email=context.customer_email,
+        uid=context.uid,
+        union_id=context.union_id,
+    )
+
+
+async def load_state(app: web.Application, surface: Surface, context: SurfaceContext) -> PanelState:
+    keys = lookup_keys(context)
+    if keys.is_empty:
+        return PanelState(surface, context, None)
+    try:
+        result = await app[appmod.CACHE].get(keys)
+    except UpstreamError as error:
+        raise Unavailable("upstream_unavailable") from error
+    app[appmod.METRICS].cache_lookups.labels(result.source).inc()
+    return PanelState(surface, context, result)
+
+
+def session_claims(app: web.Application, state: PanelState) -> SessionClaims:
+    context = state.context
+    customer = state.customer
+    ttl_ms = app[appmod.SETTINGS].session_ttl * 1000
+    return SessionClaims(
+        surface=state.surface.value,
+        agent=context.agent if context else "",
+        partner_id=(customer.partnerId if customer else "") or (context.partner_id if context else ""),
+        uid=context.uid if context else "",
+        cid=context.cid if context else "",
+        mini_program=bool(customer and customer.channel == "miniprogram"),
+        expires_ms=now_ms() + ttl_ms,
+    )
+
+
+def issue_session_token(app: web.Application, state: PanelState) -> str:
+    key = app[appmod.SETTINGS].session_key
+    assert key is not None  # filled in by Settings validation
+    return issue_token(key.get_secret_value().encode(), session_claims(app, state))
+
+
+def template_context(app: web.Application, state: PanelState, lang: Lang, view: View | None) -> dict[str, Any]:
+    settings = app[appmod.SETTINGS]
+    catalog = app[appmod.CATALOG]
+    customer = state.customer
+    base_url = settings.base_url
+    v6 = settings.card_format == "v6"
+
+    def t(code: str, **params: object) -> str:
+        return catalog.text(code, lang, **params)
+
+    orders = []
+    products = []
+    prefill: dict[str, str] = {}
+    if customer is not None:
+        for order in customer.orders:
+            data = order.model_dump()
+            card = general_card_from_order(data, base_url=base_url) if v6 else order_card_from_order(
+                data, base_url=base_url
+            )
+            orders.append({"order": order, "card": _json_attr(card), "prefill": _json_attr(
+                ticket_prefill_from_order(data))})
+        for product in customer.products:
+            data = product.model_dump()
+            card = general_card_from_product(data, base_url=base_url) if v6 else goods_card_from_product(
+                data, base_url=base_url
+            )
+            products.append({"product": product, "card": _json_attr(card)})
+        prefill = customer_prefill(customer)
+    return {
+        "t": t,
+        "lang": lang,
+        "surface": state.surface.value,
+        "layout": LAYOUT[state.surface],
+        "context": state.context,
+        "display_fields": state.context.display_fields() if state.context else [],
+        "customer": customer,
+        "stale": bool(state.result and state.result.stale),
+        "tried": state.result.tried if state.result else (lookup_keys(state.context).ordered() if state.context
+                                                           else []),
+        "orders": orders,
+        "products": products,
+        "ticket_fields": app[appmod.TICKET_FIELDS],
+        "ticket_prefill": prefill,
+        "view": view.value if view else None,
+        "views": [v.value for v in View],
+        "yuan": yuan,
+        "ms_datetime": ms_datetime,
+    }
+
+
+def customer_prefill(customer: Customer) -> dict[str, str]:
+    """Values for ticket fields whose `prefill` names a customer attribute (`customer.name`, ...)."""
+    values = {
+        "customer.name": customer.name,
+        "customer.phone": customer.phone,
+        "customer.email": customer.email,
+        "customer.partnerId": customer.partnerId,
+        "customer.level": customer.level,
+    }
+    values.update({f"customer.attributes.{k}": v for k, v in customer.attributes.items()})
+    return values
+
+
+def render_fragment(app: web.Application, state: PanelState, lang: Lang, view: View | None) -> str:
+    """The panel's inner HTML: what a page shows and what a websocket push replaces."""
+    template = app[appmod.JINJA].get_template("_body.html")
+    return template.render(template_context(app, state, lang, view))
+
+
+def render_page(
+    request: web.Request, state: PanelState, lang: Lang, view: View | None, *, waiting: bool = False
+) -> web.Response:
+    app = request.app
+    settings = app[appmod.SETTINGS]
+    catalog = app[appmod.CATALOG]
+    boot = {
+        "token": issue_session_token(app, state),
+        "surface": state.surface.value,
+        "view": view.value if view else None,
+        "lang": lang,
+        "origins": settings.origin_patterns,
+        "allowSelf": settings.demo,
+        "cardFormat": settings.card_format,
+        "partnerId": state.customer.partnerId if state.customer else "",
+        "messages": catalog.table(lang),
+    }
+    body = "" if waiting else render_fragment(app, state, lang, view)
+    page = app[appmod.JINJA].get_template("page.html").render(
+        t=lambda code, **params: catalog.text(code, lang, **params),
+        lang=lang,
+        layout=LAYOUT[state.surface],
+        surface=state.surface.value,
+        body=body,
+        waiting=waiting,
+        boot=_json_attr(boot),
+    )
+    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def not_found_error(request: web.Request) -> PanelError:
+    return NotFound("page_not_found", path=request.path[:200])
+
+
+def error_response(request: web.Request, error: PanelError, *, status: int | None = None) -> web.Response:
+    app = request.app
+    lang = request_lang(request)
+    other: Lang = "en" if lang == "zh" else "zh"
+    catalog = app[appmod.CATALOG]
+    code = status or error.status
+    if request.path.startswith(("/panel/", "/api/")) or "application/json" in request.headers.get("Accept", ""):
+        return web.json_response(
+            {"ok": False, "code": error.code, "field": error.field, "message": catalog.error_text(error, lang)},
+            status=code,
+        )
+    html = app[appmod.JINJA].get_template("error.html").render(
+        t=lambda c, **p: catalog.text(c, lang, **p),
+        lang=lang,
+        status=code,
+        title=catalog.text(f"status_{code}", lang),
+        message=catalog.error_text(error, lang),
+        message_other=catalog.error_text(error, other),
+        field=error.field,
+    )
+    return web.Response(text=html, status=code, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+def _sobot_query(request: web.Request) -> str:
+    """The raw query without our own parameters (`lang`), percent-encoding untouched."""
+    raw = request.rel_url.raw_query_string
+    if "lang=" not in raw:
+        return raw
+    return "&".join(piece for piece in raw.split("&") if piece.partition("=")[0] not in OWN_PARAMS)
+
+
+async def verified_context(app: web.Application, surface: Surface, raw_query: str) -> SurfaceContext:
+    context = parse_query_string(surface, raw_query)
+    verify_sign(surface, context.fields, app[appmod.SIGNER].policy, now_ms())
+    return context
+
+
+async def _embed(request: web.Request, view: View | None) -> web.Response:
+    surface = parse_surface(request.match_info["surface"])
+    lang = request_lang(request)
+    raw = _sobot_query(request)
+    if not raw.strip("&"):
+        # SPEC §4 postMessage mode: the first context may arrive only by message; show a waiting shell.
+        return render_page(request, PanelState(surface, None, None), lang, view, waiting=True)
+    context = await verified_context(request.app, surface, raw)
+    state = await load_state(request.app, surface, context)
+    return render_page(request, state, lang, view)
+
+
+async def embed_panel(request: web.Request) -> web.Response:
+    return await _embed(request, None)
+
+
+async def embed_view(request: web.Request) -> web.Response:
+    parse_surface(request.match_info["surface"])
+    return await _embed(request, parse_view(request.match_info["view"]))
+
+
+async def send(request: web.Request) -> web.Response:
+    """Validate a card or ticket, append its audit record, and answer with the exact message to post."""
+    app = request.app
+    lang = request_lang(request)
+    catalog = app[appmod.CATALOG]
+    settings = app[appmod.SETTINGS]
+    metrics = app[appmod.METRICS]
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise PanelError("body_not_json") from None
+    if not isinstance(body, dict):
+        raise PanelError("body_not_json")
+    key = settings.session_key
+    assert key is not None
+    claims = read_token(key.get_secret_value().encode(), str(body.get("token", "")), now_ms())
+    kind = body.get("kind")
+    event_id = str(body.get("id", ""))
+    data = body.get("data")
+    if kind not in ("ticket", "order_card", "goods_card"):
+        raise PanelError("unknown_kind", kind=str(kind)[:40])
+    if not EVENT_ID_PATTERN.match(event_id):
+        raise PanelError("bad_event_id")
+    if not isinstance(data, dict):
+        raise PayloadError([("data", "payload_not_object", {})])
+    try:
+        message = build_message(
+            kind,
+            data,
+            card_format=settings.card_format,
+            cid=claims.cid,
+            uid=claims.uid,
+            mini_program=claims.mini_program,
+            ticket_fields=app[appmod.TICKET_FIELDS],
+        )
+    except PayloadError as error:
+        metrics.sends.labels(kind, "invalid").inc()
+        problems = [
+            {"field": field, "code": code, "message": catalog.text(code, lang, field=field, **params)}
+            for field, code, params in error.problems
+        ]
+        return web.json_response(
+            {"ok": False, "code": "payload_invalid", "message": catalog.text("payload_invalid", lang),
+             "problems": problems},
+            status=422,
+        )  # fmt: skip
+    record = AuditRecord(
+        kind=audit_kind(message),  # type: ignore[arg-type]
+        id=event_id,
+        at=now_ms(),
+        surface=claims.surface,
+        agent=claims.agent,
+        partner_id=claims.partner_id,
+        uid=claims.uid,
+        cid=claims.cid,
+        payload=json.dumps(message, ensure_ascii=False, separators=(",", ":")),
+    )
+    try:
+        appended = await app[appmod.AUDIT].append(record)
+    except (RedisError, OSError) as error:
+        metrics.sends.labels(kind, "unavailable").inc()
+        raise Unavailable("audit_unavailable") from error
+    metrics.sends.labels(kind, "duplicate" if appended.duplicate else "recorded").inc()
+    return web.json_response(
+        {"ok": True, "entryId": appended.entry_id, "duplicate": appended.duplicate, "message": message}
+    )
+
+
+def _bearer_ok(request: web.Request, expected: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
+
+
+async def invalidate(request: web.Request) -> web.Response:
+    token = request.app[appmod.SETTINGS].api_token
+    if token is None:
+        raise Unavailable("api_token_not_configured")
+    if not _bearer_ok(request, token.get_secret_value()):
+        raise TokenError("api_token_invalid")
+    partner_id = request.match_info["partnerId"]
+    try:
+        await request.app[appmod.CACHE].invalidate(partner_id)
+    except (RedisError, OSError) as error:
+        raise Unavailable("redis_unavailable") from error
+    return web.json_response({"ok": True, "partnerId": partner_id}, status=202)
+
+
+async def index(request: web.Request) -> web.Response:
+    settings = request.app[appmod.SETTINGS]
+    if settings.demo:
+        raise web.HTTPFound("/dev/host")
+    return web.json_response({"service": "sobot-panel", "surfaces": [s.value for s in Surface]})
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/embed/{surface}", embed_panel)
+    app.router.add_get("/embed/{surface}/{view}", embed_view)
+    app.router.add_post("/panel/send", send)
+    app.router.add_post("/api/partners/{partnerId}/invalidate", invalidate)
+
