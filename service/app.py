@@ -12,17 +12,28 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
-import jinja2
-import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from . import devhost, live, ops, views
-from .audit import AuditLog
+from . import audit, devhost, live, ops, views
+from .appkeys import (
+    CACHE,
+    CATALOG,
+    DIRECTORY,
+    EMBEDDED_REDIS,
+    JINJA,
+    KEYS,
+    METRICS,
+    REDIS,
+    SETTINGS,
+    SIGNER,
+    TICKET_FIELDS,
+    WEB_DIR,
+    Signer,
+    make_jinja,
+)
 from .directory.cache import CustomerCache
-from .directory.models import Directory
 from .directory.plugins import load_directory
 from .errors import PanelError
 from .i18n import Catalog, pick_lang
@@ -31,13 +42,8 @@ from .observability import REQUEST_ID, Metrics, monotonic
 from .redis import EmbeddedRedis, connect
 from .security import content_security_policy
 from .settings import Settings
-from .signing import SignPolicy
-from .ticket_fields import TicketField, load_ticket_fields
+from .ticket_fields import load_ticket_fields
 from .wecom import WecomSecretClient
-from .appkeys import (
-    AUDIT, CACHE, CATALOG, DIRECTORY, EMBEDDED_REDIS, JINJA, KEYS, METRICS, REDIS, SETTINGS, SIGNER,
-    TICKET_FIELDS, WEB_DIR, Signer, make_jinja,
-)
 
 log = logging.getLogger("sobot_panel")
 
@@ -101,7 +107,6 @@ async def _directory_ctx(app: web.Application) -> AsyncIterator[None]:
         local_ttl=settings.local_cache_ttl,
         local_size=settings.local_cache_size,
     )
-    app[AUDIT] = AuditLog(app[REDIS], app[KEYS], maxlen=settings.audit_maxlen, max_age_s=settings.audit_max_age)
     try:
         yield
     finally:
@@ -238,6 +243,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_directory_ctx)
     app.cleanup_ctx.append(_wecom_ctx)
+    audit.setup(app)
     live.setup(app)
 
     app.router.add_get("/healthz", healthz)
@@ -255,4 +261,4 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-__all__ = ["create_app", "pick_lang", "now_ms"]
+__all__ = ["create_app", "now_ms", "pick_lang"]

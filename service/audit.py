@@ -8,10 +8,12 @@ Entries are flat string fields, as CONTRACT.md names them.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
 import redis.asyncio as aioredis
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from .keys import Keys
@@ -88,3 +90,17 @@ class AuditLog:
             args=[IDEMPOTENCY_TTL_S, mode, bound, *flat],
         )
         return Appended(entry_id=str(entry_id), duplicate=bool(int(duplicate)))
+
+
+def setup(app: web.Application) -> None:
+    """Open the audit producer with the app (after Redis)."""
+    from .appkeys import AUDIT, KEYS, REDIS, SETTINGS
+
+    async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        app[AUDIT] = AuditLog(
+            app[REDIS], app[KEYS], maxlen=settings.audit_maxlen, max_age_s=settings.audit_max_age
+        )
+        yield
+
+    app.cleanup_ctx.append(audit_ctx)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -48,31 +52,99 @@ def startup_warnings(settings: Settings) -> list[str]:
     return warnings
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _use_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def _run_one(settings: Settings, host: str, port: int, grace: float, *, reuse_port: bool) -> int:
     from aiohttp import web
 
     from .app import create_app
-    from .observability import AccessLogger, configure_logging
+    from .observability import AccessLogger
 
-    settings = _settings()
-    configure_logging(settings.log_format)
-    for warning in startup_warnings(settings):
-        log.warning(warning)
-    host = args.host or settings.host
-    port = args.port if args.port is not None else settings.port
-    log.info("sobot-panel listening on http://%s:%s", host, port)
-    if settings.demo:
-        log.info("open the Sobot host simulator: %s/dev/host", settings.base_url)
+    fast = _use_uvloop()
+    log.info("sobot-panel worker %d listening on http://%s:%s%s", os.getpid(), host, port, " (uvloop)" if fast else "")
     web.run_app(
         create_app(settings),
         host=host,
         port=port,
         access_log_class=AccessLogger,
         print=None,
-        shutdown_timeout=args.grace,
+        shutdown_timeout=grace,
         handle_signals=True,
+        reuse_port=reuse_port or None,
     )
     return 0
+
+
+def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: int) -> int:
+    """N worker processes on one port (SO_REUSEPORT); SIGTERM/SIGINT are passed on to every worker."""
+    from .redis import EmbeddedRedis
+
+    env = dict(os.environ)
+    embedded: EmbeddedRedis | None = None
+    if settings.redis_url is None:
+        # One embedded Redis for all workers: they must share cache, pub/sub and the audit stream.
+        embedded = EmbeddedRedis(settings.data_dir / "redis")
+        embedded.start()
+        env["PANEL_REDIS_URL"] = embedded.url
+        log.info("embedded redis-server started for %d workers at %s", args.workers, embedded.url)
+    if settings.session_key_generated:
+        env["PANEL_SESSION_KEY"] = settings.session_key.get_secret_value() if settings.session_key else ""
+    command = [sys.executable, "-m", "service", "serve", "--worker", "--host", host, "--port", str(port),
+               "--grace", str(args.grace)]  # fmt: skip
+    workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        while not stopping:
+            for index, worker in enumerate(workers):
+                if worker.poll() is not None and not stopping:
+                    log.error("worker %d exited with %s; starting a new one", worker.pid, worker.returncode)
+                    workers[index] = subprocess.Popen(command, env=env)
+            time.sleep(0.5)
+        deadline = time.monotonic() + args.grace + 5
+        for worker in workers:
+            try:
+                worker.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .observability import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_format)
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    if args.worker:
+        return _run_one(settings, host, port, args.grace, reuse_port=True)
+    for warning in startup_warnings(settings):
+        log.warning(warning)
+    if settings.demo:
+        log.info("open the Sobot host simulator: %s/dev/host", settings.base_url)
+    if args.workers > 1:
+        return _supervise(settings, args, host, port)
+    return _run_one(settings, host, port, args.grace, reuse_port=False)
 
 
 def _parse_fields(pairs: Sequence[str]) -> dict[str, str]:
@@ -123,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default PANEL_HOST)")
     serve.add_argument("--port", type=int, help="listen port (default PANEL_PORT)")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM (default 10)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=cmd_serve)
 
     sign = commands.add_parser("sign", help="print a correctly signed panel URL")
@@ -131,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--field", action="append", default=[], metavar="K=V", help="a query field, repeatable")
     sign.add_argument("--zc-encode", action="store_true", help="encode the query as one zc_encode=1 blob")
     sign.set_defaults(run=cmd_sign)
+
+    from .audit_cli import add_commands
+
+    add_commands(commands)
     return parser
 
 

@@ -26,10 +26,7 @@ def _origin_regex(pattern: str) -> re.Pattern[str]:
     scheme, _, rest = pattern.partition("://")
     host, colon, port = rest.partition(":")
     host_re = re.escape(host).replace(r"\*\.", r"(?:[a-z0-9-]+\.)+", 1) if host.startswith("*.") else re.escape(host)
-    if colon:
-        port_re = r":\d{1,5}" if port == "*" else ":" + re.escape(port)
-    else:
-        port_re = ""
+    port_re = "" if not colon else r":\d{1,5}" if port == "*" else ":" + re.escape(port)
     return re.compile(f"^{re.escape(scheme)}://{host_re}{port_re}$", re.IGNORECASE)
 
 
@@ -82,10 +79,12 @@ class SessionClaims:
     cid: str = ""
     mini_program: bool = False
     expires_ms: int = 0
+    # The verified query fields (sign removed), so any replica can re-render this panel after a reconnect.
+    context: tuple[tuple[str, str], ...] = ()
 
-    def to_json(self) -> dict[str, str | int]:
+    def to_json(self) -> dict[str, object]:
         return {"s": self.surface, "a": self.agent, "p": self.partner_id, "u": self.uid, "c": self.cid,
-                "m": int(self.mini_program), "e": self.expires_ms}  # fmt: skip
+                "m": int(self.mini_program), "e": self.expires_ms, "x": dict(self.context)}  # fmt: skip
 
 
 def issue_token(key: bytes, claims: SessionClaims) -> str:
@@ -107,6 +106,7 @@ def read_token(key: bytes, token: str, now_ms: int) -> SessionClaims:
         claims = SessionClaims(
             surface=str(raw["s"]), agent=str(raw["a"]), partner_id=str(raw["p"]), uid=str(raw["u"]),
             cid=str(raw["c"]), mini_program=bool(raw.get("m")), expires_ms=int(raw["e"]),
+            context=tuple((str(k), str(v)) for k, v in dict(raw.get("x") or {}).items()),
         )  # fmt: skip
     except (ValueError, KeyError, TypeError) as error:
         raise TokenError("token_invalid") from error

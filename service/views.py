@@ -122,6 +122,7 @@ def session_claims(app: web.Application, state: PanelState) -> SessionClaims:
         cid=context.cid if context else "",
         mini_program=bool(customer and customer.channel == "miniprogram"),
         expires_ms=now_ms() + ttl_ms,
+        context=tuple((k, v) for k, v in context.fields.items() if k != "sign" and v) if context else (),
     )
 
 

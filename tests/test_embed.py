@@ -1,0 +1,223 @@
+"""`GET /embed/...` end to end: a real app, a real redis-server, signed queries as Sobot builds them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from service.signing import SignPolicy, sign_fields
+from service.surfaces import Surface, build_query_string
+
+from service.app import create_app
+from service.observability import AccessLogger
+from service.redis import EmbeddedRedis
+from service.settings import Settings
+
+from .conftest import SECRET, SYSNUM
+
+ROOT = Path(__file__).resolve().parent.parent
+ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
+POLICY = SignPolicy(sys_num=SYSNUM, secret=SECRET, wecom_secret=None, max_age_s=300)
+
+# One realistic context per surface, for the sample customer C1001 where the surface carries a key.
+CONTEXTS: dict[Surface, dict[str, str]] = {
+    Surface.WORKBENCH: {"partnerId": "C1001", "email": "agent@acme.cn", "uid": "u-1", "cid": "c-1",
+                        "groupId": "g1", "groupName": "售前一组", "params": '{"vip":"是"}',
+                        "createChatTime": "1764000000000"},
+    Surface.CALL: {"partnerId": "C1001", "callId": "CALL-77", "email": "agent@acme.cn", "uid": "u-1",
+                   "uphone": "13800000001", "uemail": "", "province": "浙江", "city": "杭州",
+                   "ivrPath": '[{"navKey":"1","navName":"售前咨询"},{"navKey":"2","navName":"人工[VIP]"}]'},
+    Surface.CALL_TASK: {"email": "agent@acme.cn", "uid": "u-1", "uphone": "13800000001", "uemail": ""},
+    Surface.TICKET: {"email": "agent@acme.cn", "uid": "u-1", "uphone": "13800000001", "uemail": "",
+                     "ticketId": "T-9001"},
+    Surface.CUSTOMER: {"partnerId": "C1001", "email": "agent@acme.cn", "uid": "u-1", "uphone": "13800000001"},
+    Surface.QA: {"partnerId": "C1001", "email": "agent@acme.cn", "uid": "u-1", "cid": "c-1"},
+    Surface.MONITOR: {"partnerId": "C1001", "email": "agent@acme.cn", "uid": "u-1", "cid": "c-1"},
+    Surface.WECOM: {"corpId": "ww1", "userId": "zhang.san", "partnerId": "C1001", "serviceId": "s1",
+                    "serviceRoleId": "r1", "tel": "13800000001", "companyId": "co1"},
+}  # fmt: skip
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def signed(surface: Surface, *, at: int | None = None, policy: SignPolicy = POLICY, **changes: str) -> str:
+    fields = sign_fields(surface, CONTEXTS[surface], policy, now_ms() if at is None else at)
+    fields.update(changes)
+    return build_query_string(fields)
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]) -> TestClient[Any, Any]:
+    return await aiohttp_client(create_app(make_settings()), server_kwargs={"access_log_class": AccessLogger})
+
+
+@pytest.mark.parametrize("surface", list(Surface), ids=lambda s: s.value)
+async def test_every_surface_renders_a_verified_panel(client: TestClient[Any, Any], surface: Surface) -> None:
+    response = await client.get(f"/embed/{surface.value}?{signed(surface)}")
+    body = await response.text()
+    assert response.status == 200, body
+    assert "agent@acme.cn" in body or "zhang.san" in body
+    assert 'id="panel"' in body
+    if surface is Surface.CALL:
+        assert "CALL-77" in body and "售前咨询" in body and "人工[VIP]" in body and "杭州" in body
+    if surface is Surface.TICKET:
+        assert "T-9001" in body
+    if surface is Surface.WORKBENCH:
+        assert "售前一组" in body
+
+
+@pytest.mark.parametrize("view", ["profile", "orders", "tickets", "new-ticket"])
+async def test_single_views(client: TestClient[Any, Any], view: str) -> None:
+    response = await client.get(f"/embed/workbench/{view}?{signed(Surface.WORKBENCH)}")
+    assert response.status == 200
+    assert f"view-{view}" in await response.text()
+
+
+async def test_security_headers(client: TestClient[Any, Any]) -> None:
+    response = await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")
+    csp = response.headers["Content-Security-Policy"]
+    assert "frame-ancestors https://*.sobot.com https://*.soboten.com" in csp
+    assert "X-Frame-Options" not in response.headers
+    assert response.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "needle"),
+    [
+        pytest.param("/embed/workbench?{q}", 200, "", id="ok"),
+        pytest.param("/embed/nowhere?{q}", 404, "nowhere", id="unknown-surface"),
+        pytest.param("/embed/workbench/settings?{q}", 404, "settings", id="unknown-view"),
+    ],
+)
+async def test_status_codes(client: TestClient[Any, Any], path: str, status: int, needle: str) -> None:
+    response = await client.get(path.format(q=signed(Surface.WORKBENCH)))
+    assert response.status == status
+    assert needle in await response.text()
+
+
+async def test_tampered_sign_is_403_naming_the_signature(client: TestClient[Any, Any]) -> None:
+    query = signed(Surface.WORKBENCH, partnerId="C1002")
+    response = await client.get(f"/embed/workbench?{query}")
+    body = await response.text()
+    assert response.status == 403
+    assert "签名" in body and "signature" in body.lower()
+    assert SECRET not in body and "Traceback" not in body
+
+
+async def test_expired_timestamp_says_how_long_ago(client: TestClient[Any, Any]) -> None:
+    query = signed(Surface.WORKBENCH, at=now_ms() - 17 * 60_000 - 5_000)
+    response = await client.get(f"/embed/workbench?{query}&lang=en")
+    body = await response.text()
+    assert response.status == 403
+    assert "17 min" in body
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        pytest.param({"params": "{not json"}, "params", id="params-json"),
+        pytest.param({"ivrPath": "[{"}, "ivrPath", id="ivr-json"),
+        pytest.param({"timestamp": "yesterday"}, "timestamp", id="timestamp-not-int"),
+    ],
+)
+async def test_malformed_query_is_400_naming_the_field(
+    client: TestClient[Any, Any], changes: dict[str, str], field: str
+) -> None:
+    surface = Surface.CALL if field == "ivrPath" else Surface.WORKBENCH
+    response = await client.get(f"/embed/{surface.value}?{signed(surface, **changes)}")
+    body = await response.text()
+    assert response.status == 400
+    assert field in body
+
+
+async def test_error_page_in_english_on_request(client: TestClient[Any, Any]) -> None:
+    query = signed(Surface.WORKBENCH, sign="0" * 32)
+    response = await client.get(f"/embed/workbench?{query}", headers={"Accept-Language": "en-US,en;q=0.9"})
+    body = await response.text()
+    assert response.status == 403
+    assert '<html lang="en">' in body
+
+
+async def test_postmessage_mode_shows_a_waiting_shell(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/embed/workbench")
+    assert response.status == 200
+    assert 'data-testid="waiting"' in await response.text()
+
+
+async def test_access_log_never_holds_the_query(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    query = signed(Surface.WORKBENCH)
+    sign = query.split("sign=")[1].split("&")[0]
+    with caplog.at_level(logging.INFO):
+        await client.get(f"/embed/workbench?{query}")
+    access = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any("/embed/workbench" in line for line in access)
+    assert all(sign not in line and "C1001" not in line for line in access)
+
+
+async def test_legacy_sign_only_without_secret(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    legacy = hashlib.md5((SYSNUM + "agent@acme.cn").encode()).hexdigest()
+    query = build_query_string({"partnerId": "C1001", "email": "agent@acme.cn", "sign": legacy})
+    without_secret = await aiohttp_client(create_app(make_settings(secret=None)))
+    assert (await without_secret.get(f"/embed/workbench?{query}")).status == 200
+    with_secret = await aiohttp_client(create_app(make_settings()))
+    assert (await with_secret.get(f"/embed/workbench?{query}")).status == 403
+
+
+async def test_health_and_readiness_follow_redis(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], own_redis: EmbeddedRedis
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(redis_url=own_redis.url)))
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    own_redis.kill()
+    assert (await client.get("/readyz")).status == 503
+    assert (await client.get("/healthz")).status == 200
+    own_redis.start()
+    deadline = time.monotonic() + 10
+    status = 0
+    while time.monotonic() < deadline:
+        status = (await client.get("/readyz")).status
+        if status == 200:
+            break
+    assert status == 200
+
+
+async def test_metrics_count_sign_failures(client: TestClient[Any, Any]) -> None:
+    await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH, sign='f' * 32)}")
+    text = await (await client.get("/metrics")).text()
+    assert 'panel_sign_failures_total{reason="sign_mismatch"} 1.0' in text
+
+
+def test_sign_command_prints_a_url_the_service_accepts(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
+    env = {**os.environ, "PANEL_SYSNUM": SYSNUM, "PANEL_SECRET": SECRET, "PANEL_PUBLIC_URL": "https://panel.acme.cn"}
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "sign", "call", "--view", "orders", "--field", "uphone=13800000001",
+         "--field", "email=agent@acme.cn", "--zc-encode"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    url = done.stdout.strip()
+    assert url.startswith("https://panel.acme.cn/embed/call/orders?")
+    from service.signing import verify_sign
+    from service.surfaces import parse_query_string
+
+    context = parse_query_string(Surface.CALL, url.split("?", 1)[1])
+    verify_sign(Surface.CALL, context.fields, POLICY, now_ms())
+    assert context.phone == "13800000001"
