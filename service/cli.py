@@ -168,9 +168,7 @@ def signed_url(
         max_age_s=settings.sign_max_age,
     )
     signed = sign_fields(surface, fields, policy, time.time_ns() // 1_000_000)
-    query = build_query_string(signed)
-    if zc_encode:
-        query = zc_encode_blob(query)
+    query = zc_encode_blob(signed) if zc_encode else build_query_string(signed)
     path = f"/embed/{surface.value}" + (f"/{view.value}" if view else "")
     return f"{settings.base_url}{path}?{query}"
 

@@ -93,7 +93,7 @@ def lookup_keys(context: SurfaceContext) -> LookupKeys:
         partner_id=context.partner_id,
         phone=context.phone,
         email=context.customer_email,
-        uid=context.uid,
+        uid=context.user_id,
         union_id=context.union_id,
     )
 
@@ -118,8 +118,8 @@ def session_claims(app: web.Application, state: PanelState) -> SessionClaims:
         surface=state.surface.value,
         agent=context.agent if context else "",
         partner_id=(customer.partnerId if customer else "") or (context.partner_id if context else ""),
-        uid=context.uid if context else "",
-        cid=context.cid if context else "",
+        uid=context.user_id if context else "",
+        cid=context.chat_id if context else "",
         mini_program=bool(customer and customer.channel == "miniprogram"),
         expires_ms=now_ms() + ttl_ms,
         context=tuple((k, v) for k, v in context.fields.items() if k != "sign" and v) if context else (),
