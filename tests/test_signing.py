@@ -8,7 +8,7 @@ import pytest
 
 from service.errors import SignError
 from service.signing import SignMode, SignPolicy, expected_sign, sign_fields, verify_sign
-from service.surfaces import Surface, parse_query_string, build_query_string
+from service.surfaces import Surface, build_query_string, parse_query_string
 
 SYSNUM = "acme123"
 SECRET = "s3cr3t-key"
@@ -64,7 +64,8 @@ def verify(surface: Surface, fields: dict[str, str], policy: SignPolicy, now: in
     [
         (Surface.WORKBENCH, {"timestamp": "1", "partnerId": "P"}, SECRET_POLICY, SYSNUM + SECRET + "1P"),
         (Surface.WORKBENCH, {"timestamp": "1", "partnerId": ""}, SECRET_POLICY, SYSNUM + SECRET + "1"),
-        (Surface.CALL, {"timestamp": "1", "uphone": "138", "uemail": "e@x"}, SECRET_POLICY, SYSNUM + SECRET + "1138e@x"),
+        (Surface.CALL, {"timestamp": "1", "uphone": "138", "uemail": "e@x"}, SECRET_POLICY,
+         SYSNUM + SECRET + "1138e@x"),
         (Surface.CALL, {"timestamp": "1", "uphone": "", "uemail": "e@x"}, SECRET_POLICY, SYSNUM + SECRET + "1e@x"),
         (Surface.TICKET, {"timestamp": "1", "uphone": "138"}, SECRET_POLICY, SYSNUM + SECRET + "1138"),
         (Surface.QA, {"timestamp": "1"}, SECRET_POLICY, SYSNUM + SECRET + "1"),
@@ -74,7 +75,7 @@ def verify(surface: Surface, fields: dict[str, str], policy: SignPolicy, now: in
         (Surface.WECOM, {"corpId": "c", "timeStamp": "9"}, WECOM_SECRET_POLICY, "c9wx-secret"),
     ],
     ids=["wb", "wb-no-partner", "call", "call-no-phone", "ticket-no-email", "qa-none", "legacy", "legacy-plus",
-         "wecom", "wecom-secret"],  # fmt: skip
+         "wecom", "wecom-secret"],
 )
 def test_formulas(surface: Surface, fields: dict[str, str], policy: SignPolicy, formula: str) -> None:
     assert expected_sign(surface, fields, policy) == md5(formula)
@@ -158,7 +159,7 @@ def test_empty_fields_are_left_out_of_the_sign(surface: Surface, emptied: list[s
     ("offset_ms", "code", "minutes"),
     [(-17 * 60_000 - 5_000, "sign_expired", 17), (-301_000, "sign_expired", 5), (+301_000, "sign_future", 5),
      (+2 * 3600_000, "sign_future", 120)],
-    ids=["17-min-old", "just-expired", "just-future", "2h-future"],  # fmt: skip
+    ids=["17-min-old", "just-expired", "just-future", "2h-future"],
 )
 def test_timestamps_outside_the_window(surface: Surface, offset_ms: int, code: str, minutes: int) -> None:
     fields = sign_fields(surface, FULL[surface], SECRET_POLICY, NOW + offset_ms)
@@ -204,7 +205,7 @@ def test_wecom_secret_must_be_included_when_configured() -> None:
     ("surface", "drop", "code"),
     [(Surface.WORKBENCH, "sign", "sign_missing"), (Surface.WORKBENCH, "timestamp", "timestamp_missing"),
      (Surface.CALL, "timestamp", "timestamp_missing"), (Surface.WECOM, "timeStamp", "timestamp_missing")],
-    ids=["no-sign", "wb-no-ts", "call-no-ts", "wecom-no-ts"],  # fmt: skip
+    ids=["no-sign", "wb-no-ts", "call-no-ts", "wecom-no-ts"],
 )
 def test_missing_sign_or_timestamp(surface: Surface, drop: str, code: str) -> None:
     fields = sign_fields(surface, FULL[surface], SECRET_POLICY, NOW)

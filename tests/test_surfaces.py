@@ -171,7 +171,9 @@ def test_fuzz_any_query_gives_a_model_or_a_clear_400(surface: Surface, raw: str)
         assert isinstance(context, MODELS[surface])
 
 
-_names = st.sampled_from(["partnerId", "timestamp", "params", "ivrPath", "email", "uphone", "timeStamp", "x", "zc_encode"])
+_names = st.sampled_from(
+    ["partnerId", "timestamp", "params", "ivrPath", "email", "uphone", "timeStamp", "x", "zc_encode"]
+)
 
 
 @settings(max_examples=300, deadline=None)
