@@ -63,7 +63,7 @@ def pick_lang(query_lang: str | None, accept_language: str | None) -> Lang:
     if query_lang:
         short = query_lang.strip().lower()[:2]
         if short in LANGS:
-            return short  # type: ignore[return-value]
+            return short
     if accept_language:
         ranked: list[tuple[float, int, str]] = []
         for index, part in enumerate(accept_language.split(",")):
@@ -75,5 +75,5 @@ def pick_lang(query_lang: str | None, accept_language: str | None) -> Lang:
             ranked.append((-weight, index, tag.strip().lower()[:2]))
         for _, _, short in sorted(ranked):
             if short in LANGS:
-                return short  # type: ignore[return-value]
+                return short
     return DEFAULT_LANG

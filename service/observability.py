@@ -48,6 +48,27 @@ class Metrics:
             "panel_sends", "Cards and tickets sent, by kind and result", ["kind", "result"], registry=self.registry
         )
         self.websockets = Gauge("panel_websockets_open", "Open panel websockets", registry=self.registry)
+        self.audit_stream_length = Gauge(
+            "panel_audit_stream_length", "Entries in the audit stream", registry=self.registry
+        )
+        self.audit_dead_letter_length = Gauge(
+            "panel_audit_dead_letter_length", "Entries in the audit dead-letter stream", registry=self.registry
+        )
+        self.audit_group_pending = Gauge(
+            "panel_audit_group_pending", "Audit entries delivered to a consumer group and not acked", ["group"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.audit_group_lag = Gauge(
+            "panel_audit_group_lag", "Audit entries not yet delivered to a consumer group", ["group"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.audit_spool_records = Gauge(
+            "panel_audit_spool_records", "Audit records on local disk waiting for Redis (whole host)",
+            registry=self.registry,
+        )  # fmt: skip
+        self.audit_spool_bytes = Gauge(
+            "panel_audit_spool_bytes", "Bytes of the local audit spool (whole host)", registry=self.registry
+        )
 
     def observe_upstream(self, seconds: float, outcome: str) -> None:
         self.upstream_calls.labels(outcome).inc()
@@ -81,7 +102,7 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -346,7 +346,7 @@ async def send(request: web.Request) -> web.Response:
             status=422,
         )  # fmt: skip
     record = AuditRecord(
-        kind=audit_kind(message),  # type: ignore[arg-type]
+        kind=audit_kind(message),
         id=event_id,
         at=now_ms(),
         surface=claims.surface,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from service.signing import SignPolicy, sign_fields
 from service.surfaces import Surface, build_query_string
 
@@ -60,7 +60,9 @@ def signed(surface: Surface, *, at: int | None = None, policy: SignPolicy = POLI
 
 @pytest.fixture
 async def client(aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]) -> TestClient[Any, Any]:
-    return await aiohttp_client(create_app(make_settings()), server_kwargs={"access_log_class": AccessLogger})
+    server = TestServer(create_app(make_settings()))
+    await server.start_server(access_log_class=AccessLogger)  # the access logger `serve` uses
+    return await aiohttp_client(server)
 
 
 @pytest.mark.parametrize("surface", list(Surface), ids=lambda s: s.value)
