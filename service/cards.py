@@ -1,0 +1,535 @@
+"""What the panel posts to Sobot (SPEC §5): tickets, order and goods cards. Pure: no I/O.
+
+`build_message` turns what the page sends (`{kind, data}`) into the exact message for
+`window.parent.postMessage`, or raises `PayloadError` listing every problem found, each as
+`(field, code, params)` with `code` a message in `web/i18n/cards.json`. Rules that span several
+fields (statusCustom when orderStatus is 0, goodsCount against goods, ...) are checked once every
+field is valid on its own, so a payload may need two rounds to show all of its problems.
+
+Links: SPEC §5.3 (and the Chinese original: "必须使用http或https开头…建议使用encodeURIComponent对链接进行转义")
+asks for links that start with http(s) and *suggests* encodeURIComponent. Encoding a whole link that
+way turns `https://` into `https%3A%2F%2F` and breaks the first rule (the vendor's own sample sends the
+link unencoded), so every http(s) link is sent as given except that characters which may not appear in
+a URL (spaces, non-ASCII, quotes, ...) are percent-encoded, like `encodeURI`; existing `%XX` escapes are
+kept, so encoding is idempotent. The same applies to the V6 card's links (SPEC §5.4). Mini-program page
+paths are sent exactly as given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic_core import PydanticCustomError
+
+from .errors import PayloadError
+from .ticket_fields import Problem, TicketField, clean_ticket, encode_uri, has_bad_characters, is_http_url
+
+M = TypeVar("M", bound=BaseModel)
+AuditKind = Literal["ticket", "order_card", "goods_card"]
+CardFormat = Literal["classic", "v6"]
+
+GOODS_CARD, ORDER_CARD, GENERAL_CARD = 24, 25, 28
+MAX_MINIPAGE_BYTES = 8 * 1024
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_FEN = 10**15
+CHINA = timezone(timedelta(hours=8))
+# A mini-program page path: `pages/order/detail?id=1`, an optional leading slash, no scheme, no spaces.
+MINI_PATH = re.compile(r"^/?[A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-.]+)*(?:\?[^\s#]*)?$")
+
+
+# --- field types -------------------------------------------------------------------------------
+
+
+def _whole(value: object) -> object:
+    """JSON numbers arrive as int; the page may send digit strings. Booleans and fractions are refused."""
+    if isinstance(value, (bool, float)):
+        raise PydanticCustomError("not_integer", "not an integer")
+    if isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"-?[0-9]{1,18}", text):
+            raise PydanticCustomError("not_integer", "not an integer")
+        return int(text)
+    return value
+
+
+def _number_text(value: object) -> object:
+    """A string field that also takes a JSON number (counts, amounts) and sends it as text."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < MAX_FEN:
+        return str(value)
+    if isinstance(value, float) and abs(value) < MAX_FEN:
+        return str(int(value)) if value.is_integer() else str(value)
+    return value
+
+
+def _fen(value: object) -> str:
+    """SPEC §5.2: totalFee is an amount in fen as an integer string ("1000" = 10.00 yuan), no decimals."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_FEN:
+        return str(value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,16}", value.strip()) and int(value) <= MAX_FEN:
+        return str(int(value))
+    raise PydanticCustomError("fee_not_fen", "not an amount in fen")
+
+
+def _clean(value: str) -> str:
+    if has_bad_characters(value):
+        raise PydanticCustomError("bad_characters", "unsendable characters")
+    return value
+
+
+def _mini(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("mini_program"))
+
+
+def _http_link(value: str) -> str:
+    if not value:
+        return value
+    encoded = encode_uri(value)
+    if not is_http_url(encoded):
+        raise PydanticCustomError("need_http_url", "not an http(s) URL")
+    return encoded
+
+
+def _page_link(value: str, info: ValidationInfo) -> str:
+    """SPEC §5.2: a mini-program customer needs a page path; every other channel an http(s) link."""
+    if value and _mini(info):
+        if not MINI_PATH.match(value):
+            raise PydanticCustomError("need_mini_path", "not a mini-program page path")
+        return value
+    return _http_link(value)
+
+
+def _any_link(value: str, info: ValidationInfo) -> str:
+    """SPEC §5.3: an http(s) link, or a mini-program page (which opens only inside WeChat)."""
+    if value and _mini(info) and MINI_PATH.match(value):
+        return value
+    return _http_link(value)
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
+Text = Annotated[str, AfterValidator(_clean)]
+NumberText = Annotated[str, BeforeValidator(_number_text), AfterValidator(_clean)]
+Fen = Annotated[str, BeforeValidator(_fen)]
+HttpLink = Annotated[str, Field(max_length=2000), AfterValidator(_clean), AfterValidator(_http_link)]
+PageLink = Annotated[str, Field(max_length=2000), AfterValidator(_clean), AfterValidator(_page_link)]
+AnyLink = Annotated[str, Field(max_length=2000), AfterValidator(_clean), AfterValidator(_any_link)]
+
+
+class _Card(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# --- classic cards (SPEC §5.2, §5.3) --------------------------------------------------------------
+
+
+class OrderGoods(_Card):
+    name: Text = Field(min_length=1, max_length=200)
+    pictureUrl: HttpLink = ""
+
+
+class OrderCard(_Card):
+    """The `order` of SPEC §5.2, field names as the vendor spells them.
+
+    statusCustom is required when orderStatus is 0 (custom) and sent only then: Sobot reads it only
+    for status 0, so for other statuses it is dropped. goodsCount is at least 1 and, when goods are
+    listed, must equal their number.
+    """
+
+    orderStatus: Whole = Field(ge=0, le=7)
+    statusCustom: Text = Field(default="", max_length=32)
+    createTime: Whole = Field(ge=0, le=MAX_MS)
+    orderCode: Text = Field(min_length=1, max_length=64)
+    orderUrl: PageLink = Field(min_length=1)
+    totalFee: Fen
+    goodsCount: Whole = Field(ge=1, le=1_000_000)
+    goods: list[OrderGoods] = Field(default_factory=list, max_length=50)
+
+
+class GoodsCard(_Card):
+    """The goods card of SPEC §5.3; `label` is the price tag text, e.g. `100元`."""
+
+    title: Text = Field(min_length=1, max_length=200)
+    url: AnyLink = Field(min_length=1)
+    description: Text = Field(default="", max_length=500)
+    label: Text = Field(default="", max_length=50)
+    thumbnail: HttpLink = ""
+
+
+# --- the V6 general card (SPEC §5.4) ------------------------------------------------------------------
+
+
+class CardMenu(_Card):
+    """A button: menuType 0 link (menuLink required), 1 confirm (menuTip), 2 send (default)."""
+
+    menuType: Whole = Field(default=2, ge=0, le=2)
+    menuName: Text = Field(min_length=1, max_length=20)
+    menuLink: HttpLink = ""
+    menuLinkType: Whole = Field(default=0, ge=0, le=2)
+    menuTip: Text = Field(default="", max_length=100)
+
+
+class CustomCard(_Card):
+    customCardId: Text = Field(default="", max_length=64)
+    customCardName: Text = Field(min_length=1, max_length=200)
+    customCardThumbnail: HttpLink = Field(min_length=1)
+    customCardAmount: NumberText = Field(default="", max_length=32)
+    customCardAmountSymbol: Text = Field(default="", max_length=8)
+    customCardLink: AnyLink = ""
+    customCardDesc: Text = Field(default="", max_length=500)
+    customMenus: list[CardMenu] = Field(default_factory=list, max_length=3)
+    # order cards only
+    customCardStatus: Text = Field(default="", max_length=32)
+    customCardCount: NumberText = Field(default="", max_length=16)
+    customCardCode: Text = Field(default="", max_length=64)
+    customCardTime: NumberText = Field(default="", max_length=32)
+
+
+FieldKey = Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_clean)]
+FieldValue = Annotated[str, Field(max_length=200), AfterValidator(_clean)]
+
+
+class GeneralCard(_Card):
+    """`cardData` of SPEC §5.4. cardStyle 0 tiled / 1 list; cardType 0 order / 1 goods; cardTrigger 0/1/2."""
+
+    cardId: Text = Field(default="", max_length=64)
+    cardStyle: Whole = Field(default=1, ge=0, le=1)
+    cardType: Whole = Field(default=1, ge=0, le=1)
+    cardGuide: Text = Field(default="", max_length=200)
+    cardImg: HttpLink = ""
+    cardDesc: Text = Field(default="", max_length=500)
+    cardLink: AnyLink = ""
+    customField: dict[FieldKey, FieldValue] = Field(default_factory=dict, max_length=10)
+    customCards: list[CustomCard] = Field(default_factory=list, max_length=10)
+    cardMenus: list[CardMenu] = Field(default_factory=list, max_length=3)
+    cardTrigger: Whole = Field(default=1, ge=0, le=2)
+    cardOldPrompt: Text = Field(default="", max_length=200)
+
+
+LIST_STYLE_ONLY = ("cardGuide", "cardImg", "cardDesc", "cardLink", "customField", "cardMenus")
+ORDER_ONLY = ("customCardStatus", "customCardCount", "customCardCode", "customCardTime")
+
+
+# --- building messages ------------------------------------------------------------------------------
+
+
+def build_message(
+    kind: str,
+    data: dict[str, Any],
+    *,
+    card_format: CardFormat,
+    cid: str,
+    uid: str,
+    mini_program: bool,
+    ticket_fields: list[TicketField],
+) -> dict[str, Any]:
+    """The exact message the page posts to Sobot for `kind`, or PayloadError with every problem.
+
+    ticket: `{"type": "createOrder", "params": {...}}` with exactly the configured field ids that have
+    a value (empty optional fields are omitted). order_card / goods_card: `{cid, uid, msgType, miniPage}`
+    with msgType 25 / 24 (classic, `data` as `order_card_from_order` / `goods_card_from_product` build
+    it) or 28 (v6, `data` is the general card's cardData).
+    """
+    if kind == "ticket":
+        params, problems = clean_ticket(data, ticket_fields)
+        if problems:
+            raise PayloadError(problems)
+        return {"type": "createOrder", "params": params}
+    if kind not in ("order_card", "goods_card"):
+        raise PayloadError([("kind", "unknown_kind", {"kind": str(kind)[:40]})])
+    context = {"mini_program": mini_program}
+    if card_format == "v6":
+        msg_type, page = GENERAL_CARD, _general_card(kind, data, context)
+    elif kind == "order_card":
+        msg_type, page = ORDER_CARD, _order_card(data, context)
+    else:
+        card = _validate(GoodsCard, data, context)
+        msg_type, page = GOODS_CARD, card.model_dump()
+    mini_page = json.dumps(page, ensure_ascii=False, separators=(",", ":"))
+    size = len(mini_page.encode("utf-8"))
+    if size > MAX_MINIPAGE_BYTES:
+        raise PayloadError([("miniPage", "card_too_large", {"size": size, "max": MAX_MINIPAGE_BYTES})])
+    return {"cid": cid, "uid": uid, "msgType": msg_type, "miniPage": mini_page}
+
+
+def _order_card(data: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    card = _validate(OrderCard, data, context)
+    problems: list[Problem] = []
+    if card.orderStatus == 0 and not card.statusCustom:
+        problems.append(("statusCustom", "required", {}))
+    if card.goods and card.goodsCount != len(card.goods):
+        problems.append(("goodsCount", "goods_count_mismatch", {"count": card.goodsCount, "listed": len(card.goods)}))
+    if problems:
+        raise PayloadError(problems)
+    # SPEC §5.2: statusCustom is read only when orderStatus is 0, so it is sent only then.
+    return card.model_dump(exclude=None if card.orderStatus == 0 else {"statusCustom"})
+
+
+def _general_card(kind: str, data: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    expected = 0 if kind == "order_card" else 1
+    card = _validate(GeneralCard, {"cardType": expected, **data}, context)
+    problems: list[Problem] = []
+    if card.cardType != expected:
+        problems.append(("cardType", "card_type_mismatch", {"expected": expected}))
+    if card.cardStyle == 0:
+        problems.extend((name, "list_style_only", {}) for name in LIST_STYLE_ONLY if getattr(card, name))
+    if not card.customCards and not (card.cardGuide or card.cardDesc or card.cardImg):
+        problems.append(("customCards", "card_empty", {}))
+    for index, custom in enumerate(card.customCards):
+        if card.cardType == expected == 1:
+            problems.extend(
+                (f"customCards[{index}].{name}", "order_only", {}) for name in ORDER_ONLY if getattr(custom, name)
+            )
+        problems.extend(_menu_problems(f"customCards[{index}].customMenus", custom.customMenus))
+    problems.extend(_menu_problems("cardMenus", card.cardMenus))
+    if problems:
+        raise PayloadError(problems)
+    if not card.cardId:
+        card.cardId = _card_id(card)
+    return _dump(card)
+
+
+def _menu_problems(where: str, menus: list[CardMenu]) -> list[Problem]:
+    return [(f"{where}[{i}].menuLink", "required", {}) for i, menu in enumerate(menus) if menu.menuType == 0
+            and not menu.menuLink]  # fmt: skip
+
+
+def _dump(model: BaseModel, keep: tuple[str, ...] = ("cardStyle", "cardType", "cardTrigger")) -> dict[str, Any]:
+    """A card as sent: empty optional values dropped; a menu keeps only the keys its menuType uses."""
+    if isinstance(model, CardMenu):
+        out: dict[str, Any] = {"menuType": model.menuType, "menuName": model.menuName}
+        if model.menuType == 0:
+            out.update(menuLink=model.menuLink, menuLinkType=model.menuLinkType)
+        if model.menuType == 1 and model.menuTip:
+            out["menuTip"] = model.menuTip
+        return out
+    out = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, list):
+            value = [_dump(item) for item in value]
+        if name in keep or not (value == "" or value == [] or value == {}):
+            out[name] = value
+    return out
+
+
+def _card_id(card: GeneralCard) -> str:
+    """A deterministic card id when the page gave none: from the order code or the card's name."""
+    first = card.customCards[0] if card.customCards else None
+    source = (first.customCardCode or first.customCardId or first.customCardName) if first else card.cardGuide
+    return ("order-" if card.cardType == 0 else "goods-") + _slug(source or card.cardDesc)
+
+
+def _slug(text: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_\-]{1,48}", text):
+        return text
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _validate(model: type[M], data: dict[str, Any], context: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as error:
+        raise PayloadError([_problem(item) for item in error.errors(include_url=False)]) from None
+
+
+# pydantic's error types, mapped to our catalog codes and the placeholders each message needs.
+_GENERIC: dict[str, tuple[str, str, str]] = {
+    "missing": ("required", "", ""),
+    "string_too_short": ("required", "", ""),
+    "extra_forbidden": ("unknown_field", "", ""),
+    "string_type": ("not_text", "", ""),
+    "int_type": ("not_integer", "", ""),
+    "int_parsing": ("not_integer", "", ""),
+    "int_from_float": ("not_integer", "", ""),
+    "list_type": ("not_list", "", ""),
+    "dict_type": ("not_object", "", ""),
+    "model_type": ("not_object", "", ""),
+    "model_attributes_type": ("not_object", "", ""),
+    "string_too_long": ("too_long", "max", "max_length"),
+    "too_long": ("too_many", "max", "max_length"),
+    "greater_than_equal": ("too_small", "min", "ge"),
+    "less_than_equal": ("too_big", "max", "le"),
+}
+CUSTOM_CODES = frozenset({"not_integer", "fee_not_fen", "bad_characters", "need_http_url", "need_mini_path"})
+
+
+def _problem(item: Any) -> Problem:
+    parts = ['""' if part == "" else part for part in item["loc"] if part != "[key]"]  # key errors end in [key]
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
+    kind = item["type"]
+    if kind in CUSTOM_CODES:
+        return field or "data", kind, {}
+    code, name, source = _GENERIC.get(kind, ("invalid_value", "", ""))
+    params: dict[str, object] = {name: item.get("ctx", {}).get(source)} if name else {}
+    return field or "data", code, params
+
+
+def audit_kind(message: dict[str, Any]) -> AuditKind:
+    """The audit `kind` of a built message (CONTRACT): createOrder, msgType 25/24, or 28 by cardType."""
+    if message.get("type") == "createOrder":
+        return "ticket"
+    msg_type = message.get("msgType")
+    if msg_type == ORDER_CARD:
+        return "order_card"
+    if msg_type == GOODS_CARD:
+        return "goods_card"
+    if msg_type == GENERAL_CARD:
+        try:
+            card = json.loads(message.get("miniPage", ""))
+        except (TypeError, ValueError):
+            card = {}
+        # SPEC §5.4: cardType 0 order, 1 goods (the default)
+        return "order_card" if isinstance(card, dict) and card.get("cardType", 1) == 0 else "goods_card"
+    raise ValueError(f"not a Sobot card or ticket message: {sorted(message)!r}")
+
+
+# --- pre-builders: the ready `data` each button of the panel carries ------------------------------------
+
+
+def absolute_url(url: str, base_url: str) -> str:
+    """`/static/img/x.svg` → `{base_url}/static/img/x.svg`; anything else unchanged."""
+    if url.startswith("/") and not url.startswith("//"):
+        return base_url.rstrip("/") + url
+    return url
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _goods(order: dict[str, Any], base_url: str) -> list[dict[str, str]]:
+    items = order.get("goods") or []
+    return [
+        {"name": _text(item.get("name")), "pictureUrl": absolute_url(_text(item.get("pictureUrl")), base_url)}
+        for item in items
+        if isinstance(item, dict)
+    ]
+
+
+def _fee_text(value: object) -> str:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else _text(value)
+
+
+def order_card_from_order(order: dict[str, Any], *, base_url: str) -> dict[str, Any]:
+    """`data` for a classic order card (SPEC §5.2) from a directory order.
+
+    An order without listed goods gets goodsCount 1 (the card needs at least one item).
+    """
+    goods = _goods(order, base_url)
+    status = order.get("status", 0)
+    card: dict[str, Any] = {"orderStatus": status}
+    if status == 0:
+        card["statusCustom"] = _text(order.get("statusText"))
+    card.update(
+        createTime=order.get("createTime", 0),
+        orderCode=_text(order.get("orderCode")),
+        orderUrl=_text(order.get("url")),
+        totalFee=_fee_text(order.get("totalFee", 0)),
+        goodsCount=len(goods) or 1,
+        goods=goods,
+    )
+    return card
+
+
+def goods_card_from_product(product: dict[str, Any], *, base_url: str) -> dict[str, Any]:
+    """`data` for a classic goods card (SPEC §5.3) from a directory product."""
+    return {
+        "title": _text(product.get("title")),
+        "url": _text(product.get("url")),
+        "description": _text(product.get("description")),
+        "label": _text(product.get("label")),
+        "thumbnail": absolute_url(_text(product.get("thumbnail")), base_url),
+    }
+
+
+def _china_time(ms: object) -> str:
+    if not isinstance(ms, int) or isinstance(ms, bool) or not 0 <= ms <= MAX_MS:
+        return ""
+    try:
+        return datetime.fromtimestamp(ms / 1000, CHINA).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return ""
+
+
+def _status_word(status: object, status_texts: Mapping[int, str] | None) -> str:
+    if isinstance(status, int) and status_texts and status_texts.get(status):
+        return status_texts[status]
+    return _text(status)
+
+
+def _yuan(fen: object) -> str:
+    text = _fee_text(fen)
+    return f"{int(text) // 100}.{int(text) % 100:02d}" if re.fullmatch(r"[0-9]{1,16}", text) else ""
+
+
+def general_card_from_order(
+    order: dict[str, Any], *, base_url: str, status_texts: Mapping[int, str] | None = None
+) -> dict[str, Any]:
+    """V6 cardData (SPEC §5.4, cardType 0) for one directory order, as one list-style custom card.
+
+    customCardStatus is the order's statusText, else `status_texts[status]` (the catalog's words for
+    orderStatus 1-7, which this pure module does not hold), else the status number.
+    """
+    goods = _goods(order, base_url)
+    code = _text(order.get("orderCode"))
+    status = order.get("status", 0)
+    custom = {
+        "customCardId": code,
+        "customCardName": goods[0]["name"] if goods else code,
+        "customCardThumbnail": next((g["pictureUrl"] for g in goods if g["pictureUrl"]), ""),
+        "customCardAmount": _yuan(order.get("totalFee")),
+        "customCardAmountSymbol": "¥",
+        "customCardLink": _text(order.get("url")),
+        "customCardDesc": "、".join(g["name"] for g in goods if g["name"]),
+        "customCardStatus": _text(order.get("statusText")) or _status_word(status, status_texts),
+        "customCardCount": str(len(goods)),
+        "customCardCode": code,
+        "customCardTime": _china_time(order.get("createTime")),
+    }
+    return {"cardId": "order-" + _slug(code), "cardStyle": 1, "cardType": 0,
+            "customCards": [{k: v for k, v in custom.items() if v}]}  # fmt: skip
+
+
+def general_card_from_product(product: dict[str, Any], *, base_url: str) -> dict[str, Any]:
+    """V6 cardData (SPEC §5.4, cardType 1) for one directory product."""
+    title = _text(product.get("title"))
+    url = _text(product.get("url"))
+    custom = {
+        "customCardName": title,
+        "customCardThumbnail": absolute_url(_text(product.get("thumbnail")), base_url),
+        "customCardAmount": _text(product.get("label")),
+        "customCardLink": url,
+        "customCardDesc": _text(product.get("description")),
+    }
+    return {"cardId": "goods-" + _slug(url or title), "cardStyle": 1, "cardType": 1,
+            "customCards": [{k: v for k, v in custom.items() if v}]}  # fmt: skip
+
+
+# SPEC §5.4: how the general card's fields map to the default ticket fields.
+CARD_TO_TICKET = {
+    "customCardStatus": "order_status",
+    "customCardCount": "goods_count",
+    "customCardCode": "order_code",
+    "customCardTime": "create_time",
+    "customCardName": "card_title",
+    "customCardThumbnail": "card_picture",
+    "customCardLink": "card_url",
+    "customCardDesc": "card_desc",
+}
+
+
+def ticket_prefill_from_order(
+    order: dict[str, Any], *, base_url: str = "", status_texts: Mapping[int, str] | None = None
+) -> dict[str, str]:
+    """Ticket field values for an order, by SPEC §5.4's card-to-ticket mapping (every mapped key).
+
+    The caller keeps only the ids that are configured. Relative picture URLs become absolute only when
+    `base_url` is given; `status_texts` as for `general_card_from_order`.
+    """
+    custom = general_card_from_order(order, base_url=base_url, status_texts=status_texts)["customCards"][0]
+    return {ticket_id: str(custom.get(card_key, "")) for card_key, ticket_id in CARD_TO_TICKET.items()}
