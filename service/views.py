@@ -145,14 +145,18 @@ def template_context(app: web.Application, state: PanelState, lang: Lang, view: 
     orders = []
     products = []
     prefill: dict[str, str] = {}
+    status_texts = {status: t(f"order_status_{status}") for status in range(8)}
+    field_ids = {field.id for field in app[appmod.TICKET_FIELDS]}
     if customer is not None:
         for order in customer.orders:
             data = order.model_dump()
-            card = general_card_from_order(data, base_url=base_url) if v6 else order_card_from_order(
-                data, base_url=base_url
-            )
-            orders.append({"order": order, "card": _json_attr(card), "prefill": _json_attr(
-                ticket_prefill_from_order(data))})
+            if v6:
+                card = general_card_from_order(data, base_url=base_url, status_texts=status_texts)
+            else:
+                card = order_card_from_order(data, base_url=base_url)
+            from_order = ticket_prefill_from_order(data, base_url=base_url, status_texts=status_texts)
+            ticket = {name: value for name, value in from_order.items() if name in field_ids}
+            orders.append({"order": order, "card": _json_attr(card), "prefill": _json_attr(ticket)})
         for product in customer.products:
             data = product.model_dump()
             card = general_card_from_product(data, base_url=base_url) if v6 else goods_card_from_product(

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from service.redis import EmbeddedRedis, connect
 from service.settings import Settings
+
+from .fake_enterprise import fake_enterprise  # noqa: F401  (a fixture for every test module)
 
 # Tests must never pick up a developer's environment or .env.
 for _name in list(os.environ):
@@ -51,6 +54,10 @@ async def redis_client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Re
 @pytest.fixture
 def make_settings(tmp_path: Path, redis_server: EmbeddedRedis) -> Callable[..., Settings]:
     """Settings for a test: secret mode, the session Redis, a private data dir. Override anything."""
+
+    # Each test starts from an empty Redis: cached customers or stream entries of one test never leak into another.
+    with redis.Redis.from_url(redis_server.url) as sync_client:
+        sync_client.flushall()
 
     def factory(**overrides: Any) -> Settings:
         values: dict[str, Any] = {

@@ -15,15 +15,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from service.signing import SignPolicy, sign_fields
-from service.surfaces import Surface, build_query_string
 
 from service.app import create_app
 from service.observability import AccessLogger
 from service.redis import EmbeddedRedis
 from service.settings import Settings
+from service.signing import SignPolicy, sign_fields
+from service.surfaces import Surface, build_query_string
 
 from .conftest import SECRET, SYSNUM
+from .fake_enterprise import TOKEN as ENTERPRISE_TOKEN
+from .fake_enterprise import FakeEnterprise
 
 ROOT = Path(__file__).resolve().parent.parent
 ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
@@ -223,3 +225,89 @@ def test_sign_command_prints_a_url_the_service_accepts(tmp_path: Path, redis_ser
     context = parse_query_string(Surface.CALL, url.split("?", 1)[1])
     verify_sign(Surface.CALL, context.fields, POLICY, now_ms())
     assert context.phone == "13800000001"
+
+
+# --- the http directory against a faithful fake of the enterprise API ------------------------
+
+
+@pytest.fixture
+async def http_client(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], fake_enterprise: FakeEnterprise
+) -> TestClient[Any, Any]:
+    settings = make_settings(directory_url=fake_enterprise.url, directory_token=ENTERPRISE_TOKEN)
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.mark.parametrize("surface", list(Surface), ids=lambda s: s.value)
+@pytest.mark.parametrize("view", [None, "profile", "orders", "tickets", "new-ticket"], ids=str)
+async def test_every_view_renders_with_the_http_directory(
+    http_client: TestClient[Any, Any], fake_enterprise: FakeEnterprise, surface: Surface, view: str | None
+) -> None:
+    path = f"/embed/{surface.value}" + (f"/{view}" if view else "")
+    response = await http_client.get(f"{path}?{signed(surface)}")
+    body = await response.text()
+    assert response.status == 200, body
+    assert "张伟" in body  # C1001 found through the API by partnerId or phone
+    assert fake_enterprise.authorizations and fake_enterprise.authorizations[-1] == f"Bearer {ENTERPRISE_TOKEN}"
+
+
+async def test_unknown_customer_gets_a_friendly_panel_naming_the_keys_tried(client: TestClient[Any, Any]) -> None:
+    query = build_query_string(sign_fields(Surface.CUSTOMER, {"partnerId": "NOBODY", "email": "agent@acme.cn",
+                                                              "uphone": "13999999999"}, POLICY, now_ms()))  # fmt: skip
+    response = await client.get(f"/embed/customer?{query}")
+    body = await response.text()
+    assert response.status == 200
+    assert 'data-testid="not-found"' in body and "NOBODY" in body and "13999999999" in body
+
+
+async def test_upstream_down_with_nothing_cached_is_503(
+    http_client: TestClient[Any, Any], fake_enterprise: FakeEnterprise
+) -> None:
+    fake_enterprise.fail_with = 500
+    response = await http_client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")
+    assert response.status == 503
+    assert "Traceback" not in await response.text()
+
+
+async def test_upstream_down_serves_the_stale_copy_and_says_so(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], fake_enterprise: FakeEnterprise
+) -> None:
+    settings = make_settings(directory_url=fake_enterprise.url, directory_token=ENTERPRISE_TOKEN, local_cache_ttl=0)
+    client = await aiohttp_client(create_app(settings))
+    assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
+    # The fresh copy goes (as after its TTL); the stale copy stays; the upstream fails.
+    from service.appkeys import KEYS, REDIS
+
+    app = client.server.app
+    assert app is not None
+    await app[REDIS].delete(app[KEYS].customer("partnerId:C1001"))
+    fake_enterprise.fail_with = 503
+    response = await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")
+    body = await response.text()
+    assert response.status == 200 and "张伟" in body and "notice-stale" in body
+
+
+async def test_redis_killed_mid_test_still_serves_pages(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], own_redis: EmbeddedRedis
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(redis_url=own_redis.url, local_cache_ttl=0)))
+    assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
+    own_redis.kill()
+    for surface in (Surface.WORKBENCH, Surface.CALL):
+        response = await client.get(f"/embed/{surface.value}?{signed(surface)}")
+        assert response.status == 200
+        assert "张伟" in await response.text()
+
+
+async def test_invalidate_drops_the_cached_customer(
+    http_client: TestClient[Any, Any], fake_enterprise: FakeEnterprise
+) -> None:
+    await http_client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")
+    calls = fake_enterprise.total_calls
+    await http_client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")
+    assert fake_enterprise.total_calls == calls  # cached
+    api = {"Authorization": "Bearer test-api-token"}
+    response = await http_client.post("/api/partners/C1001/invalidate", headers=api)
+    assert response.status == 202
+    await http_client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")
+    assert fake_enterprise.total_calls == calls + 1
