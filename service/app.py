@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from . import audit, devhost, live, ops, views
 from .appkeys import (
+    AUDIT,
     CACHE,
     CATALOG,
     DIRECTORY,
@@ -224,7 +225,10 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    body = generate_latest(request.app[METRICS].registry)
+    app = request.app
+    with contextlib.suppress(RedisError, OSError, TimeoutError):
+        await asyncio.wait_for(audit.update_metrics(app[METRICS], app[REDIS], app[KEYS], app[AUDIT].spool), 1.0)
+    body = generate_latest(app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

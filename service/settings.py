@@ -57,6 +57,10 @@ class Settings(BaseSettings):
 
     audit_maxlen: int | None = Field(default=1_000_000, ge=1)
     audit_max_age: int | None = Field(default=None, ge=60)
+    # bytes of audit records kept on local disk while Redis is away (<data_dir>/spool); 0 = no spool
+    spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    audit_claim_idle_ms: int = Field(default=60_000, ge=1)
+    audit_dead_after: int = Field(default=5, ge=1)
 
     api_token: SecretStr | None = None
     ops_token: SecretStr | None = None

@@ -30,6 +30,7 @@ from .errors import NotFound, PanelError, PayloadError, Unavailable
 from .i18n import Lang, pick_lang
 from .security import SessionClaims, TokenError, issue_token, read_token
 from .signing import verify_sign
+from .spool import SpoolError
 from .surfaces import Surface, SurfaceContext, View, parse_query_string, parse_surface, parse_view
 
 log = logging.getLogger(__name__)
@@ -362,13 +363,19 @@ async def send(request: web.Request) -> web.Response:
     )
     try:
         appended = await app[appmod.AUDIT].append(record)
+    except SpoolError:
+        metrics.sends.labels(kind, "unavailable").inc()
+        raise  # 503 naming the spool's state: the page is never told an unrecorded send is recorded
     except (RedisError, OSError) as error:
         metrics.sends.labels(kind, "unavailable").inc()
         raise Unavailable("audit_unavailable") from error
-    metrics.sends.labels(kind, "duplicate" if appended.duplicate else "recorded").inc()
+    result = "spooled" if appended.spooled else "duplicate" if appended.duplicate else "recorded"
+    metrics.sends.labels(kind, result).inc()
+    # Spooled: Redis is away, the record is fsync'd on local disk and will be replayed into the stream.
     return web.json_response(
-        {"ok": True, "entryId": appended.entry_id, "duplicate": appended.duplicate, "message": message}
-    )
+        {"ok": True, "entryId": appended.entry_id, "duplicate": appended.duplicate, "spooled": appended.spooled,
+         "message": message}
+    )  # fmt: skip
 
 
 def _bearer_ok(request: web.Request, expected: str) -> bool:

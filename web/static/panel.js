@@ -148,7 +148,7 @@
     setResult(result, t("sending"), true);
     try {
       const body = await submit(button.dataset.send, JSON.parse(button.dataset.card), button);
-      if (body.ok) setResult(result, t(body.duplicate ? "sent_again" : "sent"), true);
+      if (body.ok) setResult(result, t(body.spooled ? "audit_spooled" : body.duplicate ? "sent_again" : "sent"), true);
       else setResult(result, (body.problems || []).map((p) => p.message).join("；") || body.message, false);
     } finally {
       button.disabled = false;
