@@ -28,6 +28,7 @@ from .appkeys import (
     KEYS,
     METRICS,
     REDIS,
+    RENDERER,
     SETTINGS,
     SIGNER,
     TICKET_FIELDS,
@@ -42,6 +43,7 @@ from .i18n import Catalog, pick_lang
 from .keys import Keys
 from .observability import REQUEST_ID, Metrics, monotonic
 from .redis import EmbeddedRedis, connect
+from .rendering import Renderer
 from .security import content_security_policy
 from .settings import Settings
 from .ticket_fields import load_ticket_fields
@@ -245,6 +247,9 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics()
     app[SIGNER] = Signer(settings)
     app[TICKET_FIELDS] = load_ticket_fields(settings.ticket_fields)
+    app[RENDERER] = Renderer(
+        app[JINJA], catalog, app[TICKET_FIELDS], base_url=settings.base_url, card_format=settings.card_format
+    )
 
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_directory_ctx)

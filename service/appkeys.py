@@ -15,6 +15,7 @@ from .i18n import Catalog
 from .keys import Keys
 from .observability import Metrics
 from .redis import EmbeddedRedis
+from .rendering import Renderer
 from .settings import Settings
 from .signing import SignPolicy
 from .ticket_fields import TicketField
@@ -32,6 +33,7 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 DIRECTORY = web.AppKey("directory", Directory)
 CACHE = web.AppKey("cache", CustomerCache)
 AUDIT = web.AppKey("audit", AuditLog)
+RENDERER = web.AppKey("renderer", Renderer)
 
 
 

@@ -7,27 +7,18 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from . import appkeys as appmod
 from .audit import EVENT_ID_PATTERN, AuditRecord
-from .cards import (
-    audit_kind,
-    build_message,
-    general_card_from_order,
-    general_card_from_product,
-    goods_card_from_product,
-    order_card_from_order,
-    ticket_prefill_from_order,
-)
+from .cards import audit_kind, build_message
 from .directory.cache import CacheResult
 from .directory.models import Customer, LookupKeys, UpstreamError
 from .errors import NotFound, PanelError, PayloadError, Unavailable
 from .i18n import Lang, pick_lang
+from .rendering import LAYOUT, compact_json
 from .security import SessionClaims, TokenError, issue_token, read_token
 from .signing import verify_sign
 from .spool import SpoolError
@@ -35,17 +26,6 @@ from .surfaces import Surface, SurfaceContext, View, parse_query_string, parse_s
 
 log = logging.getLogger(__name__)
 
-CHINA = timezone(timedelta(hours=8))
-LAYOUT = {
-    Surface.WORKBENCH: "column",
-    Surface.CUSTOMER: "wide",
-    Surface.QA: "wide",
-    Surface.MONITOR: "wide",
-    Surface.TICKET: "wide",
-    Surface.CALL: "call",
-    Surface.CALL_TASK: "call",
-    Surface.WECOM: "mobile",
-}
 # Our own query parameters, never part of Sobot's signed context.
 OWN_PARAMS = {"lang"}
 
@@ -59,21 +39,6 @@ def request_lang(request: web.Request) -> Lang:
 
 
 # --- rendering helpers -----------------------------------------------------------------------
-
-
-def yuan(fen: int | str) -> str:
-    value = int(fen)
-    return f"¥{value // 100:,}.{value % 100:02d}" if value >= 0 else f"-{yuan(-value)}"
-
-
-def ms_datetime(ms: int | None) -> str:
-    if not ms:
-        return ""
-    return datetime.fromtimestamp(ms / 1000, CHINA).strftime("%Y-%m-%d %H:%M")
-
-
-def _json_attr(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,77 +98,13 @@ def issue_session_token(app: web.Application, state: PanelState) -> str:
     return issue_token(key.get_secret_value().encode(), session_claims(app, state))
 
 
-def template_context(app: web.Application, state: PanelState, lang: Lang, view: View | None) -> dict[str, Any]:
-    settings = app[appmod.SETTINGS]
-    catalog = app[appmod.CATALOG]
-    customer = state.customer
-    base_url = settings.base_url
-    v6 = settings.card_format == "v6"
-
-    def t(code: str, **params: object) -> str:
-        return catalog.text(code, lang, **params)
-
-    orders = []
-    products = []
-    prefill: dict[str, str] = {}
-    status_texts = {status: t(f"order_status_{status}") for status in range(8)}
-    field_ids = {field.id for field in app[appmod.TICKET_FIELDS]}
-    if customer is not None:
-        for order in customer.orders:
-            data = order.model_dump()
-            if v6:
-                card = general_card_from_order(data, base_url=base_url, status_texts=status_texts)
-            else:
-                card = order_card_from_order(data, base_url=base_url)
-            from_order = ticket_prefill_from_order(data, base_url=base_url, status_texts=status_texts)
-            ticket = {name: value for name, value in from_order.items() if name in field_ids}
-            orders.append({"order": order, "card": _json_attr(card), "prefill": _json_attr(ticket)})
-        for product in customer.products:
-            data = product.model_dump()
-            card = general_card_from_product(data, base_url=base_url) if v6 else goods_card_from_product(
-                data, base_url=base_url
-            )
-            products.append({"product": product, "card": _json_attr(card)})
-        prefill = customer_prefill(customer)
-    return {
-        "t": t,
-        "lang": lang,
-        "surface": state.surface.value,
-        "layout": LAYOUT[state.surface],
-        "context": state.context,
-        "display_fields": state.context.display_fields() if state.context else [],
-        "customer": customer,
-        "stale": bool(state.result and state.result.stale),
-        "tried": state.result.tried if state.result else (lookup_keys(state.context).ordered() if state.context
-                                                           else []),
-        "orders": orders,
-        "products": products,
-        "ticket_fields": app[appmod.TICKET_FIELDS],
-        "ticket_prefill": prefill,
-        "view": view.value if view else None,
-        "views": [v.value for v in View],
-        "yuan": yuan,
-        "ms_datetime": ms_datetime,
-    }
-
-
-def customer_prefill(customer: Customer) -> dict[str, str]:
-    """Values for ticket fields whose `prefill` names a customer attribute (`customer.name`, ...)."""
-    values = {
-        "customer.name": customer.name,
-        "customer.phone": customer.phone,
-        "customer.email": customer.email,
-        "customer.partnerId": customer.partnerId,
-        "customer.level": customer.level,
-    }
-    values.update({f"customer.attributes.{k}": v for k, v in customer.attributes.items()})
-    return values
-
-
 def render_fragment(app: web.Application, state: PanelState, lang: Lang, view: View | None) -> str:
     """The panel's inner HTML: what a page shows and what a websocket push replaces."""
-    template = app[appmod.JINJA].get_template("_body.html")
-    return template.render(template_context(app, state, lang, view))
+    result = state.result
+    tried = result.tried if result else (lookup_keys(state.context).ordered() if state.context else [])
+    return app[appmod.RENDERER].fragment(
+        state.customer, state.context, lang, view, stale=bool(result and result.stale), tried=tried
+    )
 
 
 def render_page(
@@ -221,7 +122,6 @@ def render_page(
         "allowSelf": settings.demo,
         "cardFormat": settings.card_format,
         "partnerId": state.customer.partnerId if state.customer else "",
-        "messages": catalog.table(lang),
     }
     body = "" if waiting else render_fragment(app, state, lang, view)
     page = app[appmod.JINJA].get_template("page.html").render(
@@ -231,7 +131,8 @@ def render_page(
         surface=state.surface.value,
         body=body,
         waiting=waiting,
-        boot=_json_attr(boot),
+        boot=compact_json(boot),
+        messages=app[appmod.RENDERER].messages(lang),
     )
     return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
 

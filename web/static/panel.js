@@ -6,7 +6,8 @@
   const main = document.getElementById("panel");
   if (!main) return;
   const boot = JSON.parse(main.dataset.boot || "{}");
-  const messages = boot.messages || {};
+  const i18n = document.getElementById("panel-i18n");
+  const messages = i18n ? JSON.parse(i18n.textContent || "{}") : {};
   let token = boot.token;
   let partnerId = boot.partnerId || "";
   let parentOrigin = null;

@@ -1,0 +1,198 @@
+"""Rendering panels: the per-request header, the customer's views (cached), and the page around them.
+
+A panel is three parts. The header (agent, the surface's own fields such as callId or the IVR trail)
+changes with every conversation and is rendered per request; it is small. The customer's views
+(profile, orders with their ready cards, tickets, the new-ticket form) depend only on the customer
+object, the language and the view, so they are rendered once and kept in a bounded in-process LRU
+keyed by the customer object itself: the directory cache hands out the same object until the customer
+changes or is invalidated, so a new object means a new render and nothing stale is ever shown.
+Sobot's `params` (per conversation) are rendered separately and put in at a marker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from .cards import (
+    general_card_from_order,
+    general_card_from_product,
+    goods_card_from_product,
+    order_card_from_order,
+    ticket_prefill_from_order,
+)
+from .directory.models import Customer
+from .i18n import Catalog, Lang
+from .surfaces import Surface, SurfaceContext, View
+from .ticket_fields import TicketField
+
+CHINA = timezone(timedelta(hours=8))
+LAYOUT = {
+    Surface.WORKBENCH: "column",
+    Surface.CUSTOMER: "wide",
+    Surface.QA: "wide",
+    Surface.MONITOR: "wide",
+    Surface.TICKET: "wide",
+    Surface.CALL: "call",
+    Surface.CALL_TASK: "call",
+    Surface.WECOM: "mobile",
+}
+PARAMS_MARK = "<!--panel:params-->"
+VIEWS = [v.value for v in View]
+
+
+def yuan(fen: int | str) -> str:
+    value = int(fen)
+    return f"¥{value // 100:,}.{value % 100:02d}" if value >= 0 else f"-{yuan(-value)}"
+
+
+def ms_datetime(ms: int | None) -> str:
+    if not ms:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, CHINA).strftime("%Y-%m-%d %H:%M")
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def script_json(value: Any) -> Markup:
+    """JSON safe inside `<script type="application/json">`: no `<`, `>` or `&` can end the element."""
+    text = compact_json(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return Markup(text)
+
+
+def customer_prefill(customer: Customer) -> dict[str, str]:
+    """Values for ticket fields whose `prefill` names a customer attribute (`customer.name`, ...)."""
+    values = {
+        "customer.name": customer.name,
+        "customer.phone": customer.phone,
+        "customer.email": customer.email,
+        "customer.partnerId": customer.partnerId,
+        "customer.level": customer.level,
+    }
+    values.update({f"customer.attributes.{k}": v for k, v in customer.attributes.items()})
+    return values
+
+
+class Renderer:
+    """Everything needed to render a panel, built once per app."""
+
+    def __init__(
+        self,
+        jinja: jinja2.Environment,
+        catalog: Catalog,
+        ticket_fields: list[TicketField],
+        *,
+        base_url: str,
+        card_format: str,
+        cache_size: int = 4096,
+    ) -> None:
+        self._jinja = jinja
+        self._catalog = catalog
+        self._ticket_fields = ticket_fields
+        self._field_ids = {field.id for field in ticket_fields}
+        self._base_url = base_url
+        self._v6 = card_format == "v6"
+        self._cache_size = cache_size
+        self._views: OrderedDict[tuple[int, Lang, str | None], tuple[Customer, str]] = OrderedDict()
+        self._messages = {lang: script_json(catalog.table(lang)) for lang in ("zh", "en")}
+        self.hits = 0
+        self.misses = 0
+
+    def t(self, lang: Lang) -> Any:
+        catalog = self._catalog
+
+        def translate(code: str, **params: object) -> str:
+            return catalog.text(code, lang, **params)
+
+        return translate
+
+    def messages(self, lang: Lang) -> Markup:
+        return self._messages[lang]
+
+    # the customer's views, cached ----------------------------------------------------------
+
+    def customer_views(self, customer: Customer, lang: Lang, view: View | None) -> str:
+        key = (id(customer), lang, view.value if view else None)
+        cached = self._views.get(key)
+        # Holding the customer in the entry keeps its id from being reused while the entry lives.
+        if cached is not None and cached[0] is customer:
+            self._views.move_to_end(key)
+            self.hits += 1
+            return cached[1]
+        self.misses += 1
+        html = self._jinja.get_template("_views.html").render(self._views_context(customer, lang, view))
+        self._views[key] = (customer, html)
+        if len(self._views) > self._cache_size:
+            self._views.popitem(last=False)
+        return html
+
+    def _views_context(self, customer: Customer, lang: Lang, view: View | None) -> dict[str, Any]:
+        t = self.t(lang)
+        base_url = self._base_url
+        status_texts = {status: t(f"order_status_{status}") for status in range(8)}
+        orders = []
+        for order in customer.orders:
+            data = order.model_dump()
+            if self._v6:
+                card = general_card_from_order(data, base_url=base_url, status_texts=status_texts)
+            else:
+                card = order_card_from_order(data, base_url=base_url)
+            from_order = ticket_prefill_from_order(data, base_url=base_url, status_texts=status_texts)
+            ticket = {name: value for name, value in from_order.items() if name in self._field_ids}
+            orders.append({"order": order, "card": compact_json(card), "prefill": compact_json(ticket)})
+        products = []
+        for product in customer.products:
+            data = product.model_dump()
+            if self._v6:
+                card = general_card_from_product(data, base_url=base_url)
+            else:
+                card = goods_card_from_product(data, base_url=base_url)
+            products.append({"product": product, "card": compact_json(card)})
+        return {
+            "t": t,
+            "lang": lang,
+            "customer": customer,
+            "orders": orders,
+            "products": products,
+            "ticket_fields": self._ticket_fields,
+            "ticket_prefill": customer_prefill(customer),
+            "view": view.value if view else None,
+            "views": VIEWS,
+            "params_mark": Markup(PARAMS_MARK),
+            "yuan": yuan,
+            "ms_datetime": ms_datetime,
+        }
+
+    # the whole fragment --------------------------------------------------------------------
+
+    def fragment(
+        self,
+        customer: Customer | None,
+        context: SurfaceContext | None,
+        lang: Lang,
+        view: View | None,
+        *,
+        stale: bool,
+        tried: list[tuple[str, str]],
+    ) -> str:
+        """The panel's inner HTML: what a page shows and what a websocket push replaces."""
+        t = self.t(lang)
+        header = self._jinja.get_template("_context.html").render(
+            t=t, customer=customer, context=context, stale=stale,
+            display_fields=context.display_fields() if context else [],
+        )  # fmt: skip
+        if customer is None:
+            return header + self._jinja.get_template("_not_found.html").render(t=t, tried=tried)
+        views = self.customer_views(customer, lang, view)
+        if PARAMS_MARK in views:
+            params = context.params if context else {}
+            params_html = self._jinja.get_template("_params.html").render(t=t, params=params) if params else ""
+            views = views.replace(PARAMS_MARK, params_html, 1)
+        return header + views
