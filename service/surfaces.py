@@ -173,7 +173,9 @@ class CallContext(SurfaceContext):
 
     def display_fields(self) -> list[tuple[str, str]]:
         shown = [(n, v) for n, v in super().display_fields() if n != "location"]
-        location = " ".join(part for part in (self.province, self.city) if part)
+        # Municipalities (上海, 北京 …) are their own province: say the name once.
+        parts = [self.province] if self.province == self.city else [self.province, self.city]
+        location = " ".join(part for part in parts if part)
         return shown + ([("location", location)] if location else [])
 
 

@@ -81,6 +81,8 @@ def test_call_ivr_path_is_a_list_of_steps() -> None:
     assert isinstance(context, CallContext)
     assert context.ivrPath == [IvrStep(navKey="1", navName="售前咨询"), IvrStep(navKey="#", navName="人工[VIP]&优先")]
     assert ("location", "浙江 杭州") in context.display_fields()
+    municipality = parse_query_string(Surface.CALL, build_query_string({"province": "上海", "city": "上海"}))
+    assert ("location", "上海") in municipality.display_fields()
 
 
 @pytest.mark.parametrize("surface", list(Surface), ids=str)
