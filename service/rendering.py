@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from .cards import (
+from .card_builders import (
     general_card_from_order,
     general_card_from_product,
     goods_card_from_product,

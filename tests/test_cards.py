@@ -11,16 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import cards
-from service.cards import (
-    audit_kind,
-    build_message,
+from service import card_builders, cards
+from service.card_builders import (
     general_card_from_order,
     general_card_from_product,
     goods_card_from_product,
     order_card_from_order,
     ticket_prefill_from_order,
 )
+from service.cards import audit_kind, build_message
 from service.errors import PayloadError
 from service.i18n import LANGS, Catalog
 from service.ticket_fields import DEFAULT_TICKET_FIELDS, Option, TicketField
@@ -363,7 +362,7 @@ def test_general_card_menus_keep_only_their_keys() -> None:
 V6_ROWS = [
     pytest.param("order_card", {"cardId": DROP}, _ok(cardId="order-SO1"), id="card-id-from-order-code"),
     pytest.param("goods_card", {"cardId": DROP, "cardType": DROP, "customCards": [CUSTOM]},
-                 _ok(cardId="goods-" + cards._slug("保温杯"), cardType=1, customCards=[CUSTOM]),
+                 _ok(cardId="goods-" + cards.card_slug("保温杯"), cardType=1, customCards=[CUSTOM]),
                  id="card-id-from-name"),
     pytest.param("order_card", {"cardId": "x" * 65}, [("cardId", "too_long")], id="card-id-too-long"),
     pytest.param("order_card", {"cardType": 1}, [("cardType", "card_type_mismatch")], id="card-type-mismatch"),
@@ -585,7 +584,7 @@ def test_ticket_prefill_from_order_maps_every_card_field() -> None:
         "card_url": "https://shop.example.cn/orders/SO20250312001",
         "card_desc": "静享降噪耳机、青瓷保温杯",
     }
-    assert set(ticket_prefill_from_order({})) == set(cards.CARD_TO_TICKET.values())
+    assert set(ticket_prefill_from_order({})) == set(card_builders.CARD_TO_TICKET.values())
 
 
 def test_prefilled_ticket_is_accepted() -> None:

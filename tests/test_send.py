@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
-from service.cards import order_card_from_order
+from service.card_builders import order_card_from_order
 from service.directory.sample import SampleDirectory
 from service.redis import EmbeddedRedis, connect
 from service.settings import Settings
