@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +85,8 @@ def _run_one(settings: Settings, host: str, port: int, grace: float, *, reuse_po
 
 def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: int) -> int:
     """N worker processes on one port (SO_REUSEPORT); SIGTERM/SIGINT are passed on to every worker."""
+    from prometheus_client.multiprocess import mark_process_dead
+
     from .redis import EmbeddedRedis
 
     env = dict(os.environ)
@@ -96,6 +99,11 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
         log.info("embedded redis-server started for %d workers at %s", args.workers, embedded.url)
     if settings.session_key_generated:
         env["PANEL_SESSION_KEY"] = settings.session_key.get_secret_value() if settings.session_key else ""
+    # prometheus_client's multiprocess mode: every worker writes its metrics here, any worker serves them all.
+    metrics_dir = settings.data_dir / f"metrics-{os.getpid()}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     command = [sys.executable, "-m", "service", "serve", "--worker", "--host", host, "--port", str(port),
                "--grace", str(args.grace)]  # fmt: skip
     workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
@@ -115,6 +123,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
             for index, worker in enumerate(workers):
                 if worker.poll() is not None and not stopping:
                     log.error("worker %d exited with %s; starting a new one", worker.pid, worker.returncode)
+                    mark_process_dead(worker.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
                     workers[index] = subprocess.Popen(command, env=env)
             time.sleep(0.5)
         deadline = time.monotonic() + args.grace + 5
@@ -126,6 +135,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
     finally:
         if embedded is not None:
             embedded.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 
 class Metrics:
@@ -47,28 +48,46 @@ class Metrics:
         self.sends = Counter(
             "panel_sends", "Cards and tickets sent, by kind and result", ["kind", "result"], registry=self.registry
         )
-        self.websockets = Gauge("panel_websockets_open", "Open panel websockets", registry=self.registry)
+        self.websockets = Gauge(
+            "panel_websockets_open", "Open panel websockets", registry=self.registry, multiprocess_mode="livesum"
+        )
         self.audit_stream_length = Gauge(
-            "panel_audit_stream_length", "Entries in the audit stream", registry=self.registry
+            "panel_audit_stream_length", "Entries in the audit stream", registry=self.registry, multiprocess_mode="max"
         )
         self.audit_dead_letter_length = Gauge(
-            "panel_audit_dead_letter_length", "Entries in the audit dead-letter stream", registry=self.registry
+            "panel_audit_dead_letter_length",
+            "Entries in the audit dead-letter stream",
+            registry=self.registry,
+            multiprocess_mode="max",
         )
         self.audit_group_pending = Gauge(
             "panel_audit_group_pending", "Audit entries delivered to a consumer group and not acked", ["group"],
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="max",
         )  # fmt: skip
         self.audit_group_lag = Gauge(
             "panel_audit_group_lag", "Audit entries not yet delivered to a consumer group", ["group"],
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="max",
         )  # fmt: skip
         self.audit_spool_records = Gauge(
             "panel_audit_spool_records", "Audit records on local disk waiting for Redis (whole host)",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="max",
         )  # fmt: skip
         self.audit_spool_bytes = Gauge(
-            "panel_audit_spool_bytes", "Bytes of the local audit spool (whole host)", registry=self.registry
+            "panel_audit_spool_bytes",
+            "Bytes of the local audit spool (whole host)",
+            registry=self.registry,
+            multiprocess_mode="max",
         )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format. Under `serve --workers N` every worker writes its values to the
+        directory prometheus_client's multiprocess mode names (set by the supervisor), and any worker's
+        /metrics answers for all of them; otherwise this process's registry."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))
 
     def observe_upstream(self, seconds: float, outcome: str) -> None:
         self.upstream_calls.labels(outcome).inc()

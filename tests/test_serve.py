@@ -61,6 +61,7 @@ def test_two_workers_serve_one_port_and_drain_on_sigterm(tmp_path: Path, redis_s
 async def _exercise(port: int, supervisor: subprocess.Popen[bytes]) -> tuple[set[int], list[int | None], float]:
     base = f"http://127.0.0.1:{port}"
     pids: set[int] = set()
+    asked = 0
     deadline = time.monotonic() + 60
     # New connections spread over the workers (SO_REUSEPORT); keep asking until both have answered.
     while len(pids) < 2:
@@ -69,8 +70,19 @@ async def _exercise(port: int, supervisor: subprocess.Popen[bytes]) -> tuple[set
         try:
             async with aiohttp.ClientSession() as session, session.get(f"{base}/healthz") as response:
                 pids.add(int((await response.json())["pid"]))
+                asked += 1
         except aiohttp.ClientError:
             await asyncio.sleep(0.05)
+    # Metrics add up across workers: every /healthz answer above is counted once, whoever serves /metrics.
+    for _ in range(12):
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/healthz") as response:
+            assert response.status == 200
+            asked += 1
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
+        exposition = await response.text()
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+                  if line.startswith('panel_http_requests_total{route="/healthz",status="200"}'))  # fmt: skip
+    assert counted == asked  # one process alone would have counted only its own share
     async with aiohttp.ClientSession() as session:
         sockets = []
         for _ in range(8):  # fresh connections, so the panels land on both workers
