@@ -42,7 +42,7 @@ from .errors import PanelError
 from .i18n import Catalog, pick_lang
 from .keys import Keys
 from .observability import REQUEST_ID, Metrics, monotonic
-from .redis import EmbeddedRedis, connect_any, keys_for, parse_redis_url
+from .redis import EmbeddedRedis, connect
 from .rendering import Renderer
 from .security import content_security_policy
 from .settings import Settings
@@ -65,15 +65,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         url = server.url
         log.info("embedded redis-server started (AOF on) under %s", server.data_dir)
         watcher = asyncio.create_task(_watch_embedded(server), name="embedded-redis-watch")
-    else:
-        log.info("using %s", parse_redis_url(url, cluster=settings.redis_cluster).describe())
-    client = connect_any(url, cluster=settings.redis_cluster, tls_ca=settings.redis_tls_ca)
-    # REDIS is still typed `redis.asyncio.Redis`; on Redis Cluster this is a RedisCluster, which serves
-    # every command the service uses (see service.redis.RedisClient).
-    app[REDIS] = client  # type: ignore[misc]
-    keys = keys_for(settings.redis_prefix, url, cluster=settings.redis_cluster)
-    if keys != app[KEYS]:
-        app[KEYS] = keys  # Redis Cluster: the audit keys share the tenant's hash tag (service.keys)
+    client = connect(url)
+    app[REDIS] = client
     try:
         yield
     finally:
