@@ -1,9 +1,614 @@
-"""The operations dashboard over the audit stream."""
+"""The operations dashboard over the audit stream: `GET /ops`, its live feed, entry details and a JSON summary.
+
+Access: `Authorization: Bearer $PANEL_OPS_TOKEN`, or `?token=` once, after which the browser holds an
+HttpOnly, SameSite=Strict cookie (an expiring HMAC bound to the token, keyed by `PANEL_SESSION_KEY`) and
+the token leaves the address bar. Unset token: 503 and no background work; wrong token: 401.
+
+Counting: every replica runs one consumer of the group `ops` (CONTRACT). Per entry, one Lua script acks it
+and, only when that ack succeeds, increments its minute and hour buckets (`service.ops_counters`) and
+publishes it on `<prefix>ops:feed`. A group hands an entry to one consumer, and an entry taken over from a
+dead consumer is counted only by whoever acks it, so two replicas never count one send twice. In Redis
+Cluster the script's keys share one slot: `Keys` tags the stream and the counters alike.
+
+Live feed: each replica subscribes to the feed channel and fans it out to its `GET /ops/feed` clients
+(Server-Sent Events). Pub/sub is at most once, so the stream fills the gaps: a replica whose subscription
+dropped reads what it missed after the newest entry it passed on, and a client that reconnects (with
+`Last-Event-ID`, or `?since=` from the page) gets what it missed, up to `BACKFILL_MAX` entries either way.
+Each entry goes to a client once. Page views read a bounded number of buckets and entries, never the stream.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import redis.asyncio as aioredis
 from aiohttp import web
+
+from . import appkeys as appmod
+from .audit import REDIS_DOWN, AuditReader, Entry, stream_stats
+from .errors import NotFound, PanelError, Unavailable
+from .keys import Keys
+from .ops_counters import (
+    MINUTE_MS,
+    STREAM_ID,
+    Filters,
+    Summary,
+    bar_chart,
+    bucket_fields,
+    china_time,
+    decode_payload,
+    entry_minute,
+    expires_at_s,
+    feed_item,
+    id_order,
+    summarize,
+    windows,
+    yuan,
+)
+from .rendering import script_json
+from .security import TokenError
+from .views import error_response, request_lang
+
+log = logging.getLogger(__name__)
+
+GROUP = "ops"
+KINDS = ("order_card", "goods_card", "ticket")
+SURFACES = ("workbench", "call", "call-task", "ticket", "customer", "qa", "monitor", "wecom")
+COOKIE = "panel_ops"
+COOKIE_TTL_S = 12 * 3_600
+RECENT_ROWS = 50
+RECENT_IDS = 4_096  # entry IDs a replica's feed remembers, to pass each on once
+FILTER_SCAN_MAX = 2_000  # a filtered page view looks at no more entries than this
+FILTER_PAGE = 500
+READ_BATCH = 100
+BLOCK_MS = 500  # short, so the consumer sees its stop flag (redis-py may swallow a cancellation)
+HEARTBEAT_S = 15.0
+BACKFILL_MAX = 200
+CLIENT_QUEUE = 1_000
+CSP = (
+    "default-src 'self'; img-src 'self' data: https: http:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'self'; object-src 'none'; frame-ancestors 'none'"
+)
+
+# Count and publish an entry only if this consumer's ack is the one that takes it off the pending list.
+_COUNT = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+for i = 7, #ARGV do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
+  redis.call('HINCRBY', KEYS[3], ARGV[i], 1)
+end
+redis.call('EXPIREAT', KEYS[2], ARGV[3])
+redis.call('EXPIREAT', KEYS[3], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
+
+
+def feed_channel(keys: Keys) -> str:
+    """Every replica's dashboard clients hear counted sends here."""
+    return f"{keys.prefix}ops:feed"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --- counting ---------------------------------------------------------------------------------------
+
+
+class OpsCounter:
+    """This replica's consumer of the group `ops`: rolling counters and the feed, each entry once."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, consumer: str, *, claim_idle_ms: int = 60_000,
+                 dead_after: int = 5) -> None:  # fmt: skip
+        self._redis = redis
+        self._keys = keys
+        self.reader = AuditReader(redis, keys, GROUP, consumer, claim_idle_ms=claim_idle_ms, dead_after=dead_after)
+        self._script = redis.register_script(_COUNT)
+        self._stop = asyncio.Event()
+        self.counted = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Read, count, ack until stopped; ride out Redis outages with backoff."""
+        delay, failing, ready = 0.1, False, False
+        while not self._stop.is_set():
+            try:
+                if not ready:
+                    await self.reader.ensure_group("$")  # new sends only; an existing group keeps its place
+                    # listed in XINFO CONSUMERS from now on, not only once it was handed an entry
+                    await self._redis.xgroup_createconsumer(self._keys.audit_stream, GROUP, self.reader.consumer)
+                    ready = True
+                entries = await self.reader.read(READ_BATCH, block_ms=BLOCK_MS)
+                if entries:
+                    await self.count(entries)
+                if failing:
+                    log.info("ops counters: Redis is back")
+                delay, failing = 0.1, False
+            except REDIS_DOWN as error:
+                if not failing:
+                    log.warning("ops counters: Redis unavailable (%s); retrying", type(error).__name__)
+                failing = True
+                await self._pause(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                log.exception("ops counters: unexpected failure; retrying")
+                await self._pause(1.0)
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.reader.leave()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def count(self, entries: list[Entry]) -> int:
+        """Count, ack and publish a batch in one round trip; returns how many this consumer counted."""
+        channel = feed_channel(self._keys)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                minute = entry_minute(entry.entry_id, entry.fields)
+                hour = minute // 60
+                keys = [self._keys.audit_stream, self._keys.audit_counter("m", str(minute)),
+                        self._keys.audit_counter("h", str(hour))]  # fmt: skip
+                item = _compact(feed_item(entry.entry_id, entry.fields))
+                expiry = [expires_at_s(minute), expires_at_s(hour * 60)]
+                args: list[str | int] = [GROUP, entry.entry_id, *expiry, channel, item, *bucket_fields(entry.fields)]
+                await self._script(keys=keys, args=args, client=pipe)
+            results = await pipe.execute()
+        counted = sum(int(result) for result in results)
+        self.counted += counted
+        return counted
+
+
+# --- the live feed ----------------------------------------------------------------------------------
+
+Frame = tuple[str, bytes]  # the entry's stream ID, and the SSE event carrying it
+
+
+def sse_frame(entry_id: str, data: str) -> Frame:
+    """One `send` event; `data` is the entry's feed item as compact JSON (one line)."""
+    return entry_id, f"id: {entry_id}\nevent: send\ndata: {data}\n\n".encode()
+
+
+def _compact(item: dict[str, Any]) -> str:
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+
+
+def _frames(page: list[Any] | None) -> list[Frame]:
+    """Events for a page of stream entries (XRANGE reply)."""
+    frames = []
+    for raw_id, raw in page or []:
+        entry_id, fields = str(raw_id), {str(k): str(v) for k, v in (raw or {}).items()}
+        frames.append(sse_frame(entry_id, _compact(feed_item(entry_id, fields))))
+    return frames
+
+
+class OpsFeed:
+    """This replica's subscription to the feed channel and its SSE clients (a queue each).
+
+    After a lost subscription it reads what it missed from the stream (after the newest entry it passed on),
+    so a Redis restart leaves no gap; entries that then arrive by pub/sub as well are passed on once.
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.clients: set[asyncio.Queue[Frame | None]] = set()
+        self.closing = False
+        self._stopping = False
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._newest = (-1, -1)
+        self.subscribed = asyncio.Event()  # set while the listener is subscribed; tests wait on it
+
+    def join(self) -> asyncio.Queue[Frame | None]:
+        queue: asyncio.Queue[Frame | None] = asyncio.Queue(CLIENT_QUEUE)
+        self.clients.add(queue)
+        return queue
+
+    def leave(self, queue: asyncio.Queue[Frame | None]) -> None:
+        self.clients.discard(queue)
+
+    def deliver(self, frame: Frame | None) -> None:
+        if frame is not None:
+            if frame[0] in self._recent:
+                return
+            self._recent[frame[0]] = None
+            if len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
+            self._newest = max(self._newest, id_order(frame[0]))
+        for queue in list(self.clients):
+            try:
+                queue.put_nowait(frame)
+            except asyncio.QueueFull:
+                # A client this far behind is closed; its EventSource reconnects and backfills from the stream.
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(None)
+
+    def close_all(self) -> None:
+        self.closing = True
+        self.deliver(None)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def listen(self) -> None:
+        """Subscribe and fan out; after a lost connection, subscribe afresh with backoff (redis-py #2089)."""
+        delay, first = 0.1, True
+        while not self._stopping:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(feed_channel(self._keys))
+                await self._catch_up(first)
+                self.subscribed.set()
+                delay, first = 0.1, False
+                await self._pump(pubsub)
+            except REDIS_DOWN as error:
+                self.subscribed.clear()
+                log.warning("ops feed: pub/sub lost (%s); reconnecting in %.1fs", type(error).__name__, delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if not self._stopping and not self.subscribed.is_set():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _catch_up(self, first: bool) -> None:
+        stream = self._keys.audit_stream
+        if first:  # nothing missed yet: start from the newest entry there is
+            newest = await self._redis.xrevrange(stream, count=1) or []
+            self._newest = max(self._newest, id_order(str(newest[0][0])) if newest else (0, 0))
+            return
+        start = "{}-{}".format(*self._newest) if self._newest >= (0, 0) else "0-0"
+        for frame in _frames(await self._redis.xrange(stream, min=f"({start}", count=BACKFILL_MAX)):
+            self.deliver(frame)
+
+    async def _pump(self, pubsub: aioredis.client.PubSub) -> None:
+        idle = 0.0
+        while not self._stopping:
+            message = await pubsub.get_message(timeout=0.25)
+            if message is None:
+                idle += 0.25
+                if idle >= 5.0:
+                    await pubsub.ping()  # a dead connection shows itself here, not by silence
+                    idle = 0.0
+                continue
+            idle = 0.0
+            if message.get("type") == "message":
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    data = str(message["data"])
+                    self.deliver(sse_frame(str(json.loads(data)["entryId"]), data))
+
+
+OPS_FEED = web.AppKey("ops_feed", OpsFeed)
+OPS_COUNTER = web.AppKey("ops_counter", OpsCounter)
+
+
+# --- access -----------------------------------------------------------------------------------------
+
+
+def _mac(key: str, token: str, expires: int) -> str:
+    bound = hashlib.sha256(token.encode()).hexdigest()
+    return hmac.new(key.encode(), f"ops|{expires}|{bound}".encode(), hashlib.sha256).hexdigest()
+
+
+def session_cookie(key: str, token: str, expires: int) -> str:
+    """`<expiry>.<hmac>`: proves a login with this very token (rotating the token ends every session)."""
+    return f"{expires}.{_mac(key, token, expires)}"
+
+
+def _cookie_ok(key: str, token: str, value: str, now_s: int) -> bool:
+    expires, _, mac = value.partition(".")
+    if not expires.isdigit() or int(expires) < now_s:
+        return False
+    return hmac.compare_digest(mac.encode("ascii", "replace"), _mac(key, token, int(expires)).encode())
+
+
+def authorize(request: web.Request) -> str:
+    """How the request proved the ops token: "header", "query" or "cookie"; else 503 / 401."""
+    settings = request.app[appmod.SETTINGS]
+    if settings.ops_token is None:
+        raise Unavailable("ops_token_not_configured")
+    token = settings.ops_token.get_secret_value()
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return "header"
+    if "token" in request.query and hmac.compare_digest(request.query["token"].encode(), token.encode()):
+        return "query"
+    key = settings.session_key.get_secret_value() if settings.session_key else ""
+    cookie = request.cookies.get(COOKIE, "")
+    if cookie and _cookie_ok(key, token, cookie, int(time.time())):
+        return "cookie"
+    raise TokenError("ops_token_invalid")
+
+
+def _login(request: web.Request) -> web.Response:
+    """After `?token=`: keep the login in a cookie and send the browser to the same page without the token."""
+    settings = request.app[appmod.SETTINGS]
+    assert settings.ops_token is not None and settings.session_key is not None
+    expires = int(time.time()) + COOKIE_TTL_S
+    cookie = session_cookie(settings.session_key.get_secret_value(), settings.ops_token.get_secret_value(), expires)
+    query = {name: value for name, value in request.query.items() if name != "token"}
+    response = web.Response(status=303, headers={"Location": str(request.rel_url.with_query(query))})
+    secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
+    response.set_cookie(COOKIE, cookie, max_age=COOKIE_TTL_S, path="/ops", httponly=True, samesite="Strict",
+                        secure=secure)  # fmt: skip
+    return response
+
+
+def _error(request: web.Request, error: PanelError, *, page: bool) -> web.Response:
+    if page:
+        response = error_response(request, error)
+    else:
+        message = request.app[appmod.CATALOG].error_text(error, request_lang(request))
+        response = web.json_response({"ok": False, "code": error.code, "message": message}, status=error.status)
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="ops"'
+    return response
+
+
+OpsHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def guarded(handler: OpsHandler, *, page: bool) -> OpsHandler:
+    """Check the ops token first; pages turn a `?token=` login into a cookie, JSON routes answer errors in JSON."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            try:
+                if authorize(request) == "query" and page:
+                    return _login(request)
+                response = await handler(request)
+            except REDIS_DOWN as error:
+                raise Unavailable("redis_unavailable") from error
+        except PanelError as error:
+            response = _error(request, error, page=page)
+        if not response.prepared:
+            response.headers["Content-Security-Policy"] = CSP
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return wrapper
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+async def read_summary(redis: aioredis.Redis, keys: Keys, at_ms: int) -> Summary:
+    """Hour and day counts from at most 119 minute and 24 hour buckets, in one pipeline."""
+    plan = windows(at_ms // MINUTE_MS)
+    minutes, hours = plan.minutes, plan.hours
+    async with redis.pipeline(transaction=False) as pipe:
+        for minute in minutes:
+            pipe.hgetall(keys.audit_counter("m", str(minute)))
+        for hour in hours:
+            pipe.hgetall(keys.audit_counter("h", str(hour)))
+        replies = await pipe.execute()
+    return summarize(at_ms, plan, dict(zip(minutes, replies, strict=False)),
+                     dict(zip(hours, replies[len(minutes):], strict=True)))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    rows: list[dict[str, Any]]
+    scanned: int
+    newest: str  # the newest stream ID when reading from the top ("0-0" for an empty stream), else ""
+    older: str  # `before` for the next page; "" when the stream's start was reached
+
+
+async def recent_sends(redis: aioredis.Redis, keys: Keys, filters: Filters, before: str = "") -> Recent:
+    """The newest sends (before `before`) that match: XREVRANGE pages, at most `FILTER_SCAN_MAX` entries."""
+    limit = FILTER_SCAN_MAX if filters.active else RECENT_ROWS
+    size = FILTER_PAGE if filters.active else RECENT_ROWS
+    cursor = f"({before}" if before else "+"
+    rows: list[dict[str, Any]] = []
+    scanned, newest, last, ended = 0, "", "", False
+    while scanned < limit and len(rows) < RECENT_ROWS and not ended:
+        count = min(size, limit - scanned)
+        page = await redis.xrevrange(keys.audit_stream, max=cursor, min="-", count=count) or []
+        ended = len(page) < count
+        for raw_id, raw_fields in page:
+            entry_id, fields = str(raw_id), {str(k): str(v) for k, v in (raw_fields or {}).items()}
+            newest, last, scanned = newest or entry_id, entry_id, scanned + 1
+            if filters.matches(fields):
+                rows.append(feed_item(entry_id, fields))
+                if len(rows) == RECENT_ROWS:
+                    ended = False
+                    break
+        cursor = f"({last}" if last else cursor
+    return Recent(rows, scanned, "" if before else newest or "0-0", "" if ended or not last else last)
+
+
+# --- handlers ---------------------------------------------------------------------------------------
+
+
+def _is_http(value: object) -> bool:
+    """Only http(s) links become links or images: an entry some other writer made cannot smuggle a script URL."""
+    return isinstance(value, str) and value.startswith(("https://", "http://"))
+
+
+def _render(request: web.Request, template: str, **context: Any) -> web.Response:
+    app = request.app
+    lang = request_lang(request)
+    catalog = app[appmod.CATALOG]
+    html = app[appmod.JINJA].get_template(template).render(
+        t=lambda code, **params: catalog.text(code, lang, **params), lang=lang, yuan=yuan, is_http=_is_http, **context
+    )
+    return web.Response(text=html, content_type="text/html")
+
+
+def _href(path: str, **params: str) -> str:
+    query = urlencode({name: value for name, value in params.items() if value})
+    return f"{path}?{query}" if query else path
+
+
+def _filters(request: web.Request) -> Filters:
+    query = request.query
+    kind = query.get("kind", "")
+    return Filters(agent=query.get("agent", "").strip()[:200], customer=query.get("customer", "").strip()[:200],
+                   kind=kind if kind in KINDS else "")  # fmt: skip
+
+
+async def dashboard(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    redis, keys = app[appmod.REDIS], app[appmod.KEYS]
+    filters = _filters(request)
+    before = request.query.get("before", "")
+    before = before if STREAM_ID.match(before) else ""
+    at = now_ms()
+    summary = await read_summary(redis, keys, at)
+    recent = await recent_sends(redis, keys, filters, before)
+    stats = await stream_stats(redis, keys)
+    group = next((g for g in stats["groups"] if g["name"] == GROUP), None)
+    lang = request_lang(request)
+    catalog = app[appmod.CATALOG]
+    query_lang = request.query.get("lang", "")
+    shown = query_lang and lang
+    texts = ("live_open", "live_retry", "live_paused", "view", "chart_desc", "chart_desc_empty", "group_state")
+    boot = {
+        "lang": lang, "since": recent.newest, "live": not before, "langSuffix": _href("", lang=shown),
+        "filters": {"agent": filters.agent, "customer": filters.customer, "kind": filters.kind},
+        "kinds": {kind: catalog.text(f"ops_kind_{kind}", lang) for kind in KINDS},
+        "text": {code: catalog.text(f"ops_{code}", lang) for code in texts},
+    }  # fmt: skip
+    surfaces = list(SURFACES) + [s for s in summary.day.surface if s not in SURFACES]
+    keep = {"agent": filters.agent, "customer": filters.customer, "kind": filters.kind}
+    return _render(
+        request, "ops.html", summary=summary, recent=recent, filters=filters, before=before, kinds=KINDS,
+        surfaces=surfaces, agents=summary.day.top_agents(), stats=stats, group=group, boot=script_json(boot),
+        scan_max=FILTER_SCAN_MAX, minute_chart=bar_chart(summary.minutes, MINUTE_MS),
+        hour_chart=bar_chart(summary.hours, 60 * MINUTE_MS, width=470, tick_every=4, time_format="%H:00"),
+        generated=china_time(at, "%Y-%m-%d %H:%M:%S"), query_lang=query_lang,
+        lang_href=_href("/ops", **keep, before=before, lang="en" if lang == "zh" else "zh"),
+        clear_href=_href("/ops", lang=shown), newest_href=_href("/ops", **keep, lang=shown),
+        older_href=_href("/ops", **keep, before=recent.older, lang=shown),
+        lang_suffix=boot["langSuffix"],
+    )  # fmt: skip
+
+
+async def entry_detail(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    entry_id = request.match_info["entry_id"]
+    page: list[Any] = []
+    if STREAM_ID.match(entry_id):
+        page = await app[appmod.REDIS].xrange(app[appmod.KEYS].audit_stream, min=entry_id, max=entry_id, count=1) or []
+    if not page:
+        raise NotFound("ops_entry_not_found", entry_id=entry_id[:40])
+    fields = {str(k): str(v) for k, v in (page[0][1] or {}).items()}
+    message, card = decode_payload(fields.get("payload", ""))
+    labels = {f.id: (f.label_en or f.label if request_lang(request) == "en" else f.label)
+              for f in app[appmod.TICKET_FIELDS]}  # fmt: skip
+    try:
+        raw = json.dumps(json.loads(fields.get("payload", "")), ensure_ascii=False, indent=2)
+    except ValueError:
+        raw = fields.get("payload", "")
+    return _render(
+        request, "ops_entry.html", entry_id=entry_id, fields=fields, item=feed_item(entry_id, fields),
+        message=message, card=card, labels=labels, raw=raw, china_time=china_time,
+        card_json=json.dumps(card, ensure_ascii=False, indent=2) if card else "",
+        back_href=_href("/ops", lang=request.query.get("lang", "") and request_lang(request)),
+    )  # fmt: skip
+
+
+async def api_summary(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    redis, keys = app[appmod.REDIS], app[appmod.KEYS]
+    summary = await read_summary(redis, keys, now_ms())
+    stats = await stream_stats(redis, keys)
+    group = next((g for g in stats["groups"] if g["name"] == GROUP), None)
+    return web.json_response({**summary.as_json(), "stream": {"length": stats["length"], "group": group}})
+
+
+async def feed(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: `event: send` per counted entry, a comment every 15 s, closed at shutdown."""
+    app = request.app
+    hub = app[OPS_FEED]
+    if hub.closing:
+        raise web.HTTPServiceUnavailable(text="shutting down", headers={"Retry-After": "1"})
+    since = request.headers.get("Last-Event-ID") or request.query.get("since", "")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
+    response.headers["Content-Security-Policy"] = CSP
+    queue = hub.join()
+    try:
+        await response.prepare(request)
+        await response.write(b"retry: 2000\n: connected\n\n")
+        backfilled: set[str] = set()
+        if STREAM_ID.match(since):
+            with contextlib.suppress(*REDIS_DOWN):
+                page = await app[appmod.REDIS].xrange(app[appmod.KEYS].audit_stream, min=f"({since}",
+                                                      count=BACKFILL_MAX)  # fmt: skip
+                for entry_id, data in _frames(page):
+                    await response.write(data)
+                    backfilled.add(entry_id)
+        while True:
+            try:
+                frame = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            if frame is None:
+                break
+            if frame[0] not in backfilled:  # else it went out with the backfill already
+                await response.write(frame[1])
+    except (ConnectionError, RuntimeError):
+        pass  # the client went away
+    finally:
+        hub.leave(queue)
+    return response
+
+
+# --- wiring -----------------------------------------------------------------------------------------
+
+
+async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appmod.SETTINGS]
+    if settings.ops_token is None:
+        yield  # no dashboard, no consumer: the group is not created and builds no backlog
+        return
+    redis, keys = app[appmod.REDIS], app[appmod.KEYS]
+    consumer = f"ops-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    counter = OpsCounter(redis, keys, consumer, claim_idle_ms=settings.audit_claim_idle_ms,
+                         dead_after=settings.audit_dead_after)  # fmt: skip
+    hub = OpsFeed(redis, keys)
+    app[OPS_COUNTER], app[OPS_FEED] = counter, hub
+    tasks = [asyncio.create_task(counter.run(), name="ops-counter"), asyncio.create_task(hub.listen(), name="ops-feed")]
+    try:
+        yield
+    finally:
+        counter.stop()
+        hub.stop()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 3.0)  # cancelled if the stop flag is not seen in time
+
+
+async def _close_feeds(app: web.Application) -> None:
+    if OPS_FEED in app:
+        app[OPS_FEED].close_all()
 
 
 def setup_routes(app: web.Application) -> None:
-    """Register `/ops` routes."""
+    """Register `/ops` routes, this replica's ops consumer and the feed listener (after Redis, before it closes)."""
+    app.cleanup_ctx.append(_ops_ctx)
+    app.on_shutdown.append(_close_feeds)
+    app.router.add_get("/ops", guarded(dashboard, page=True))
+    app.router.add_get("/ops/entries/{entry_id}", guarded(entry_detail, page=True))
+    app.router.add_get("/ops/feed", guarded(feed, page=False))
+    app.router.add_get("/ops/api/summary", guarded(api_summary, page=False))
