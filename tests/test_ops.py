@@ -26,7 +26,7 @@ from service.audit import AuditRecord, Entry
 from service.cards import build_message
 from service.devhost import AGENT_EMAIL, FRAME_SIZES
 from service.keys import Keys
-from service.ops import FILTER_SCAN_MAX, OPS_COUNTER, OPS_FEED, feed_channel, recent_sends
+from service.ops import FILTER_SCAN_MAX, recent_sends
 from service.ops_counters import (
     CHINA,
     DAY_MINUTES,
@@ -42,6 +42,7 @@ from service.ops_counters import (
     summary_text,
     windows,
 )
+from service.ops_feed import OPS_COUNTER, OPS_FEED, feed_channel
 from service.redis import EmbeddedRedis
 from service.settings import Settings
 from service.surfaces import Surface
