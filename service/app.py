@@ -36,6 +36,7 @@ from .appkeys import (
     Signer,
     make_jinja,
 )
+from .audit_reader import update_metrics
 from .directory.cache import CustomerCache
 from .directory.plugins import load_directory
 from .errors import PanelError
@@ -229,7 +230,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
     app = request.app
     with contextlib.suppress(RedisError, OSError, TimeoutError):
-        await asyncio.wait_for(audit.update_metrics(app[METRICS], app[REDIS], app[KEYS], app[AUDIT].spool), 1.0)
+        await asyncio.wait_for(update_metrics(app[METRICS], app[REDIS], app[KEYS], app[AUDIT].spool), 1.0)
     body = app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -37,7 +37,8 @@ from typing import Any, TextIO
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from .audit import CHINA_TZ, FIELD_ORDER, REDIS_DOWN, AuditReader, Entry, iter_range, parse_time_bound
+from .audit import CHINA_TZ, FIELD_ORDER, REDIS_DOWN
+from .audit_reader import AuditReader, Entry, iter_range, parse_time_bound
 from .keys import Keys
 from .redis import connect
 from .settings import Settings, describe_error, load_settings

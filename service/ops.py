@@ -38,7 +38,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import appkeys as appmod
-from .audit import REDIS_DOWN, stream_stats
+from .audit import REDIS_DOWN
+from .audit_reader import stream_stats
 from .errors import NotFound, PanelError, Unavailable
 from .keys import Keys
 from .ops_counters import (

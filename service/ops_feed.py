@@ -19,7 +19,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from .audit import REDIS_DOWN, AuditReader, Entry
+from .audit import REDIS_DOWN
+from .audit_reader import AuditReader, Entry
 from .keys import Keys
 from .ops_counters import (
     bucket_fields,

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.audit import (
+
     AuditKind,
     AuditLog,
     AuditReader,

@@ -22,7 +22,8 @@ from playwright.async_api import BrowserContext, Page, expect
 from service import ops
 from service.app import create_app
 from service.appkeys import AUDIT, REDIS
-from service.audit import AuditRecord, Entry
+from service.audit import AuditRecord
+from service.audit_reader import Entry
 from service.cards import build_message
 from service.devhost import AGENT_EMAIL, FRAME_SIZES
 from service.keys import Keys
