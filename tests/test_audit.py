@@ -15,17 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-
-    AuditKind,
-    AuditLog,
-    AuditReader,
-    AuditRecord,
-    Entry,
-    iter_range,
-    parse_time_bound,
-    stream_stats,
-    update_metrics,
-)
+from service.audit import AuditKind, AuditLog, AuditRecord
+from service.audit_reader import AuditReader, Entry, iter_range, parse_time_bound, stream_stats, update_metrics
 from service.keys import Keys
 from service.observability import Metrics
 from service.redis import EmbeddedRedis, connect
