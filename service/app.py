@@ -41,9 +41,8 @@ from .directory.cache import CustomerCache
 from .directory.plugins import load_directory
 from .errors import PanelError
 from .i18n import Catalog, pick_lang
-from .keys import Keys
 from .observability import REQUEST_ID, Metrics, monotonic
-from .redis import EmbeddedRedis, connect
+from .redis import EmbeddedRedis, connect_any, keys_for, parse_redis_url
 from .rendering import Renderer
 from .security import content_security_policy
 from .settings import Settings
@@ -66,7 +65,9 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         url = server.url
         log.info("embedded redis-server started (AOF on) under %s", server.data_dir)
         watcher = asyncio.create_task(_watch_embedded(server), name="embedded-redis-watch")
-    client = connect(url)
+    else:
+        log.info("using %s", parse_redis_url(url, cluster=settings.redis_cluster).describe())
+    client = connect_any(url, cluster=settings.redis_cluster, tls_ca=settings.redis_tls_ca)
     app[REDIS] = client
     try:
         yield
@@ -242,7 +243,8 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[_observe, _headers, _errors], client_max_size=256 * 1024)
     catalog = Catalog.load()
     app[SETTINGS] = settings
-    app[KEYS] = Keys(settings.redis_prefix)
+    # On Redis Cluster the audit keys share the tenant's hash tag (service.keys).
+    app[KEYS] = keys_for(settings.redis_prefix, settings.redis_url, cluster=settings.redis_cluster)
     app[CATALOG] = catalog
     app[JINJA] = make_jinja(catalog)
     app[METRICS] = Metrics()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import jinja2
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from .audit import AuditLog
@@ -14,7 +13,7 @@ from .directory.models import Directory
 from .i18n import Catalog
 from .keys import Keys
 from .observability import Metrics
-from .redis import EmbeddedRedis
+from .redis import EmbeddedRedis, RedisClient
 from .rendering import Renderer
 from .settings import Settings
 from .signing import SignPolicy
@@ -29,7 +28,7 @@ JINJA = web.AppKey("jinja", jinja2.Environment)
 METRICS = web.AppKey("metrics", Metrics)
 TICKET_FIELDS = web.AppKey("ticket_fields", list[TicketField])
 EMBEDDED_REDIS = web.AppKey("embedded_redis", EmbeddedRedis)
-REDIS = web.AppKey("redis", aioredis.Redis)
+REDIS = web.AppKey[RedisClient]("redis")
 DIRECTORY = web.AppKey("directory", Directory)
 CACHE = web.AppKey("cache", CustomerCache)
 AUDIT = web.AppKey("audit", AuditLog)

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from datetime import timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
 from .keys import Keys
+from .redis import RedisClient
 from .spool import Claim, Spool
 
 if TYPE_CHECKING:  # the CLI imports this module; it needs neither aiohttp nor the metrics registry
@@ -115,7 +115,7 @@ class AuditLog:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         maxlen: int | None = None,
@@ -186,7 +186,7 @@ class AuditLog:
         async with self._redis.pipeline(transaction=False) as pipe:
             for record in records:
                 keys, args = self._script_call(record, now)
-                await self._script(keys=keys, args=args, client=pipe)
+                await self._script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]  # a pipeline queues the script (redis-py types say a client)
             replies = await pipe.execute()
         return [_appended(reply) for reply in replies]
 

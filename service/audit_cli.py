@@ -34,13 +34,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from .audit import CHINA_TZ, FIELD_ORDER, REDIS_DOWN
 from .audit_reader import AuditReader, Entry, iter_range, parse_time_bound
 from .keys import Keys
-from .redis import connect
+from .redis import RedisClient, connect_any, keys_for
 from .settings import Settings, describe_error, load_settings
 
 KINDS = ("ticket", "order_card", "goods_card")
@@ -118,10 +117,12 @@ async def _tail_main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    redis = connect(redis_url(settings))
+    url = redis_url(settings)
+    redis = connect_any(url, cluster=settings.redis_cluster, tls_ca=settings.redis_tls_ca)
     try:
+        keys = keys_for(settings.redis_prefix, url, cluster=settings.redis_cluster)
         reader = AuditReader(
-            redis, Keys(settings.redis_prefix), args.group, args.consumer or f"{socket.gethostname()}-{os.getpid()}",
+            redis, keys, args.group, args.consumer or f"{socket.gethostname()}-{os.getpid()}",
             claim_idle_ms=settings.audit_claim_idle_ms, dead_after=settings.audit_dead_after,
         )  # fmt: skip
         await tail(reader, sys.stdout, stop, kinds=args.kind, as_json=args.json, count=args.count,
@@ -170,8 +171,9 @@ async def _export_main(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CliError(str(error), 2) from None
     settings = _load_settings()
-    redis = connect(redis_url(settings))
-    keys = Keys(settings.redis_prefix)
+    url = redis_url(settings)
+    redis = connect_any(url, cluster=settings.redis_cluster, tls_ca=settings.redis_tls_ca)
+    keys = keys_for(settings.redis_prefix, url, cluster=settings.redis_cluster)
     encoding = "utf-8-sig" if args.format == "csv" else "utf-8"
     try:
         if args.output is None:
@@ -197,7 +199,7 @@ async def _export_main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def export(redis: aioredis.Redis, keys: Keys, start: str, end: str, fmt: str, out: TextIO) -> int:
+async def export(redis: RedisClient, keys: Keys, start: str, end: str, fmt: str, out: TextIO) -> int:
     """Write every entry with a stream ID in [start, end] to `out`; returns how many."""
     writer = csv.writer(out) if fmt == "csv" else None
     if writer is not None:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .audit import CHINA_TZ, DEAD_LETTER_MAXLEN, REDIS_DOWN, AuditRecord, _text, now_ms
 from .keys import Keys
+from .redis import RedisClient
 from .spool import Spool
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class AuditReader:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         group: str,
         consumer: str,
@@ -204,7 +204,7 @@ def _stream_pages(reply: Any) -> list[tuple[str, list[Any]]]:
 
 
 async def iter_range(
-    redis: aioredis.Redis, keys: Keys, start: str = "-", end: str = "+", count: int = 500
+    redis: RedisClient, keys: Keys, start: str = "-", end: str = "+", count: int = 500
 ) -> AsyncIterator[Entry]:
     """Every entry with a stream ID in [start, end], page by page (XRANGE, no group): for exports."""
     cursor = start
@@ -293,7 +293,7 @@ class SpoolStats(TypedDict):
     bytes: int
 
 
-async def stream_stats(redis: aioredis.Redis, keys: Keys) -> StreamStats:
+async def stream_stats(redis: RedisClient, keys: Keys) -> StreamStats:
     """Stream length, dead-letter length, and per group: consumers, pending, lag (XINFO GROUPS)."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.xlen(keys.audit_stream)
@@ -326,7 +326,7 @@ async def spool_stats(spool: Spool | None) -> SpoolStats:
     return SpoolStats(files=depth.files, records=depth.records, bytes=depth.bytes)
 
 
-async def update_metrics(metrics: Metrics, redis: aioredis.Redis, keys: Keys, spool: Spool | None = None) -> None:
+async def update_metrics(metrics: Metrics, redis: RedisClient, keys: Keys, spool: Spool | None = None) -> None:
     """Refresh the audit gauges (call it from /metrics). The spool is shared by the workers of a host,
     so each worker reports the whole directory: aggregate spool gauges with max(), not sum()."""
     spooled = await spool_stats(spool)

@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from . import appkeys as appmod
 from .errors import PanelError
 from .i18n import Lang, pick_lang
+from .redis import pubsub_for
 from .security import SessionClaims, TokenBucket, TokenError, issue_token, origin_allowed, read_token
 from .signing import verify_sign
 from .surfaces import Surface, SurfaceContext, View, parse_fields
@@ -202,7 +203,7 @@ class LiveHub:
         delay = 0.1
         first = True
         while not self.stopping:
-            pubsub = self._app[appmod.REDIS].pubsub(ignore_subscribe_messages=True)
+            pubsub = pubsub_for(self._app[appmod.REDIS])
             try:
                 await pubsub.subscribe(keys.invalidations_channel)
                 self._subscribed = set()

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from . import appkeys as appmod
@@ -56,6 +55,7 @@ from .ops_counters import (
     yuan,
 )
 from .ops_feed import BACKFILL_MAX, GROUP, OPS_COUNTER, OPS_FEED, OpsCounter, OpsFeed, frames_of, now_ms
+from .redis import RedisClient
 from .rendering import script_json
 from .security import TokenError
 from .views import error_response, request_lang
@@ -163,7 +163,7 @@ def guarded(handler: OpsHandler, *, page: bool) -> OpsHandler:
 # --- reading ----------------------------------------------------------------------------------------
 
 
-async def read_summary(redis: aioredis.Redis, keys: Keys, at_ms: int) -> Summary:
+async def read_summary(redis: RedisClient, keys: Keys, at_ms: int) -> Summary:
     """Hour and day counts from at most 119 minute and 24 hour buckets, in one pipeline."""
     plan = windows(at_ms // MINUTE_MS)
     minutes, hours = plan.minutes, plan.hours
@@ -185,7 +185,7 @@ class Recent:
     older: str  # `before` for the next page; "" when the stream's start was reached
 
 
-async def recent_sends(redis: aioredis.Redis, keys: Keys, filters: Filters, before: str = "") -> Recent:
+async def recent_sends(redis: RedisClient, keys: Keys, filters: Filters, before: str = "") -> Recent:
     """The newest sends (before `before`) that match: XREVRANGE pages, at most `FILTER_SCAN_MAX` entries."""
     limit = FILTER_SCAN_MAX if filters.active else RECENT_ROWS
     size = FILTER_PAGE if filters.active else RECENT_ROWS

@@ -29,6 +29,7 @@ from .ops_counters import (
     feed_item,
     id_order,
 )
+from .redis import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def now_ms() -> int:
 class OpsCounter:
     """This replica's consumer of the group `ops`: rolling counters and the feed, each entry once."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, consumer: str, *, claim_idle_ms: int = 60_000,
+    def __init__(self, redis: RedisClient, keys: Keys, consumer: str, *, claim_idle_ms: int = 60_000,
                  dead_after: int = 5) -> None:  # fmt: skip
         self._redis = redis
         self._keys = keys
@@ -124,7 +125,7 @@ class OpsCounter:
                 item = _compact(feed_item(entry.entry_id, entry.fields))
                 expiry = [expires_at_s(minute), expires_at_s(hour * 60)]
                 args: list[str | int] = [GROUP, entry.entry_id, *expiry, channel, item, *bucket_fields(entry.fields)]
-                await self._script(keys=keys, args=args, client=pipe)
+                await self._script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
             results = await pipe.execute()
         counted = sum(int(result) for result in results)
         self.counted += counted
@@ -161,7 +162,7 @@ class OpsFeed:
     so a Redis restart leaves no gap; entries that then arrive by pub/sub as well are passed on once.
     """
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
         self.clients: set[asyncio.Queue[Frame | None]] = set()

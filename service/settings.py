@@ -10,8 +10,18 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .redis import parse_redis_url
 
 DEMO_SYSNUM = "demo"
 DEMO_SECRET = "demo-secret"
@@ -35,6 +45,10 @@ class Settings(BaseSettings):
     sign_max_age: int = Field(default=300, ge=1, le=86_400)
 
     redis_url: str | None = None
+    # Redis Cluster behind a redis:// or rediss:// node URL (a redis+cluster:// URL says so by itself)
+    redis_cluster: bool = False
+    # PEM CA bundle that verifies a TLS Redis's certificate, unless the URL names one (?ssl_ca_certs=)
+    redis_tls_ca: Path | None = None
     redis_prefix: str = "panel:"
     data_dir: Path = Path("./.panel-data")
 
@@ -83,9 +97,32 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if value:
+            parse_redis_url(value)  # a ValueError names what is wrong
         return value or None
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _redis_cluster_url(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value or "redis_url" not in info.data:  # off, or PANEL_REDIS_URL is invalid (and reported)
+            return value
+        url = info.data["redis_url"]
+        if url is None:
+            raise ValueError("needs PANEL_REDIS_URL (the embedded redis-server is a single server)")
+        parse_redis_url(url, cluster=True)
+        return value
+
+    @field_validator("redis_tls_ca")
+    @classmethod
+    def _redis_tls_ca(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        url = info.data.get("redis_url") or ""
+        if "redis_url" in info.data and not url.lower().startswith("rediss"):
+            raise ValueError("is set but PANEL_REDIS_URL does not use TLS (rediss://...)")
+        return value
 
     @field_validator("directory_url", "wecom_gateway", "public_url")
     @classmethod

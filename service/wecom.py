@@ -12,12 +12,12 @@ import json
 import logging
 
 import aiohttp
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
 from .errors import PanelError
 from .keys import Keys
+from .redis import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class SecretResponse(BaseModel):
 
 class WecomSecretClient:
     def __init__(
-        self, redis: aioredis.Redis, keys: Keys, *, gateway: str, temp_id: str, ttl_s: int = 300, timeout_s: float = 5
+        self, redis: RedisClient, keys: Keys, *, gateway: str, temp_id: str, ttl_s: int = 300, timeout_s: float = 5
     ) -> None:
         self._redis = redis
         self._gateway = gateway.rstrip("/")

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.exceptions import RedisError
 
 from ..keys import Keys
+from ..redis import RedisClient
 from .models import Customer, Directory, LookupKeys, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class CustomerCache:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         directory: Directory,
         keys: Keys,
         *,
