@@ -10,8 +10,8 @@ and the idempotency key makes the replay safe to repeat.
 The consumer side (consumer groups, exports, stream statistics) is `service.audit_reader`.
 
 Redis Cluster: the Lua script touches the stream and the idempotency key, and the dead-letter move
-touches both streams in one MULTI, so those keys must share a hash slot: use a prefix with a hash tag,
-e.g. `PANEL_REDIS_PREFIX={panel}:`.
+touches both streams in one MULTI, so those keys share a hash slot: on a cluster `service.keys` puts
+the tenant's hash tag in them (`{panel}:audit`, `{panel}:audit:seen:<id>`, ...).
 """
 
 from __future__ import annotations
