@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from .card_builders import (
     general_card_from_order,
@@ -43,6 +43,12 @@ LAYOUT = {
     Surface.WECOM: "mobile",
 }
 PARAMS_MARK = "<!--panel:params-->"
+# What panel.js itself says (everything else arrives already translated from the server). Sending
+# only these keeps the page small: the whole catalog was half of a panel's bytes.
+SCRIPT_MESSAGES = ("sending", "sent", "sent_again", "audit_spooled", "ticket_sent", "parent_not_allowed",
+                   "network_error", "reconnecting", "internal_error", "payload_invalid")  # fmt: skip
+_BOOT_MARK = "\x00boot\x00"
+_BODY_MARK = "<!--\x00body\x00-->"
 VIEWS = [v.value for v in View]
 
 
@@ -100,8 +106,13 @@ class Renderer:
         self._base_url = base_url
         self._v6 = card_format == "v6"
         self._cache_size = cache_size
-        self._views: OrderedDict[tuple[int, Lang, str | None], tuple[Customer, str]] = OrderedDict()
-        self._messages = {lang: script_json(catalog.table(lang)) for lang in ("zh", "en")}
+        self._views: OrderedDict[tuple[int, Lang, str | None], tuple[Customer, str, tuple[bytes, bytes]]] = (
+            OrderedDict()
+        )
+        self._messages = {
+            lang: script_json({code: catalog.text(code, lang) for code in SCRIPT_MESSAGES}) for lang in ("zh", "en")
+        }
+        self._shells: dict[tuple[Lang, str, str, bool], tuple[bytes, bytes, bytes]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -119,19 +130,25 @@ class Renderer:
     # the customer's views, cached ----------------------------------------------------------
 
     def customer_views(self, customer: Customer, lang: Lang, view: View | None) -> str:
+        return self._customer_views(customer, lang, view)[0]
+
+    def _customer_views(self, customer: Customer, lang: Lang, view: View | None) -> tuple[str, tuple[bytes, bytes]]:
+        """The views as text, and as UTF-8 bytes split at the params marker (pages are assembled as bytes)."""
         key = (id(customer), lang, view.value if view else None)
         cached = self._views.get(key)
         # Holding the customer in the entry keeps its id from being reused while the entry lives.
         if cached is not None and cached[0] is customer:
             self._views.move_to_end(key)
             self.hits += 1
-            return cached[1]
+            return cached[1], cached[2]
         self.misses += 1
         html = self._jinja.get_template("_views.html").render(self._views_context(customer, lang, view))
-        self._views[key] = (customer, html)
+        before, _, after = html.partition(PARAMS_MARK)
+        parts = (before.encode(), after.encode())
+        self._views[key] = (customer, html, parts)
         if len(self._views) > self._cache_size:
             self._views.popitem(last=False)
-        return html
+        return html, parts
 
     def _views_context(self, customer: Customer, lang: Lang, view: View | None) -> dict[str, Any]:
         t = self.t(lang)
@@ -183,16 +200,48 @@ class Renderer:
         tried: list[tuple[str, str]],
     ) -> str:
         """The panel's inner HTML: what a page shows and what a websocket push replaces."""
+        return b"".join(self.fragment_parts(customer, context, lang, view, stale=stale, tried=tried)).decode()
+
+    def fragment_parts(
+        self,
+        customer: Customer | None,
+        context: SurfaceContext | None,
+        lang: Lang,
+        view: View | None,
+        *,
+        stale: bool,
+        tried: list[tuple[str, str]],
+    ) -> list[bytes]:
+        """The fragment as UTF-8 pieces: only the per-conversation parts are rendered and encoded here."""
         t = self.t(lang)
         header = self._jinja.get_template("_context.html").render(
             t=t, customer=customer, context=context, stale=stale,
             display_fields=context.display_fields() if context else [],
         )  # fmt: skip
         if customer is None:
-            return header + self._jinja.get_template("_not_found.html").render(t=t, tried=tried)
-        views = self.customer_views(customer, lang, view)
-        if PARAMS_MARK in views:
-            params = context.params if context else {}
-            params_html = self._jinja.get_template("_params.html").render(t=t, params=params) if params else ""
-            views = views.replace(PARAMS_MARK, params_html, 1)
-        return header + views
+            return [header.encode(), self._jinja.get_template("_not_found.html").render(t=t, tried=tried).encode()]
+        _, (before, after) = self._customer_views(customer, lang, view)
+        params = context.params if context else {}
+        params_html = self._jinja.get_template("_params.html").render(t=t, params=params) if params else ""
+        return [header.encode(), before, params_html.encode(), after]
+
+    # the page around it --------------------------------------------------------------------
+
+    def page(self, lang: Lang, surface: Surface, boot: dict[str, Any], body: list[bytes] | None) -> bytes:
+        """The whole page as bytes; `body` None is the waiting shell of SPEC §4's postMessage mode."""
+        start, middle, end = self._shell(lang, surface, waiting=body is None)
+        boot_attr = escape(compact_json(boot)).encode()
+        return b"".join([start, boot_attr, middle, *(body or ()), end])
+
+    def _shell(self, lang: Lang, surface: Surface, *, waiting: bool) -> tuple[bytes, bytes, bytes]:
+        key = (lang, surface.value, LAYOUT[surface], waiting)
+        shell = self._shells.get(key)
+        if shell is None:
+            html = self._jinja.get_template("page.html").render(
+                t=self.t(lang), lang=lang, layout=LAYOUT[surface], surface=surface.value, waiting=waiting,
+                boot=Markup(_BOOT_MARK), body=Markup(_BODY_MARK), messages=self._messages[lang],
+            )  # fmt: skip
+            start, _, rest = html.partition(_BOOT_MARK)
+            middle, _, end = rest.partition(_BODY_MARK)
+            shell = self._shells[key] = (start.encode(), middle.encode(), end.encode())
+        return shell

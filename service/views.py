@@ -18,7 +18,6 @@ from .directory.cache import CacheResult
 from .directory.models import Customer, LookupKeys, UpstreamError
 from .errors import NotFound, PanelError, PayloadError, Unavailable
 from .i18n import Lang, pick_lang
-from .rendering import LAYOUT, compact_json
 from .security import SessionClaims, TokenError, issue_token, read_token
 from .signing import verify_sign
 from .spool import SpoolError
@@ -112,7 +111,6 @@ def render_page(
 ) -> web.Response:
     app = request.app
     settings = app[appmod.SETTINGS]
-    catalog = app[appmod.CATALOG]
     boot = {
         "token": issue_session_token(app, state),
         "surface": state.surface.value,
@@ -123,18 +121,16 @@ def render_page(
         "cardFormat": settings.card_format,
         "partnerId": state.customer.partnerId if state.customer else "",
     }
-    body = "" if waiting else render_fragment(app, state, lang, view)
-    page = app[appmod.JINJA].get_template("page.html").render(
-        t=lambda code, **params: catalog.text(code, lang, **params),
-        lang=lang,
-        layout=LAYOUT[state.surface],
-        surface=state.surface.value,
-        body=body,
-        waiting=waiting,
-        boot=compact_json(boot),
-        messages=app[appmod.RENDERER].messages(lang),
-    )
-    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
+    renderer = app[appmod.RENDERER]
+    body = None
+    if not waiting:
+        result = state.result
+        tried = result.tried if result else (lookup_keys(state.context).ordered() if state.context else [])
+        body = renderer.fragment_parts(
+            state.customer, state.context, lang, view, stale=bool(result and result.stale), tried=tried
+        )
+    page = renderer.page(lang, state.surface, boot, body)
+    return web.Response(body=page, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
 
 
 # --- errors ----------------------------------------------------------------------------------
