@@ -311,3 +311,19 @@ async def test_invalidate_drops_the_cached_customer(
     assert response.status == 202
     await http_client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")
     assert fake_enterprise.total_calls == calls + 1
+
+
+async def test_an_unchanged_customer_is_rendered_once_even_when_read_again_from_redis(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    from service.appkeys import RENDERER
+
+    client = await aiohttp_client(create_app(make_settings(local_cache_ttl=0)))
+    for _ in range(3):
+        assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
+    app = client.server.app
+    assert app is not None
+    assert (app[RENDERER].misses, app[RENDERER].hits) == (1, 2)
+    await client.post("/api/partners/C1001/invalidate", headers={"Authorization": "Bearer test-api-token"})
+    assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
+    assert app[RENDERER].misses == 2  # a refreshed customer is rendered afresh

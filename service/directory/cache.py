@@ -115,6 +115,7 @@ class CustomerCache:
         self._local: OrderedDict[str, _Local] = OrderedDict()
         self._local_by_partner: dict[str, set[str]] = {}
         self._flights: dict[str, asyncio.Task[_Answer]] = {}
+        self._decoded: OrderedDict[str | bytes, _Envelope] = OrderedDict()
         self._redis_down_until = 0.0
 
     # --- public ----------------------------------------------------------------------------------
@@ -281,14 +282,26 @@ class CustomerCache:
         return self._decode(await self._op(self._redis.get(key)))
 
     def _decode(self, raw: str | bytes | None) -> _Envelope | None:
+        """The envelope in these bytes. The same bytes again give the same objects: no second parse, and
+        the renderer, which caches a customer's views per Customer object, keeps hitting its cache after the
+        local tier expired and the customer was read again, unchanged, from Redis."""
         if raw is None:
             return None
+        known = self._decoded.get(raw)
+        if known is not None:
+            self._decoded.move_to_end(raw)
+            return known
         try:
             envelope = _Envelope.model_validate_json(raw)
         except ValidationError:
             log.warning("unreadable customer cache entry ignored")
             return None
-        return envelope if envelope.v == ENVELOPE_VERSION else None
+        if envelope.v != ENVELOPE_VERSION:
+            return None
+        self._decoded[raw] = envelope
+        if len(self._decoded) > max(self.local_size, 64):
+            self._decoded.popitem(last=False)
+        return envelope
 
     async def _store(self, alias: str, customer: Customer | None, lock_token: str | None) -> None:
         envelope = _Envelope(at=_wall_ms(), c=customer).model_dump_json()
