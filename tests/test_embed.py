@@ -314,11 +314,12 @@ async def test_invalidate_drops_the_cached_customer(
 
 
 async def test_an_unchanged_customer_is_rendered_once_even_when_read_again_from_redis(
-    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], fake_enterprise: FakeEnterprise
 ) -> None:
     from service.appkeys import RENDERER
 
-    client = await aiohttp_client(create_app(make_settings(local_cache_ttl=0)))
+    settings = make_settings(directory_url=fake_enterprise.url, directory_token=ENTERPRISE_TOKEN, local_cache_ttl=0)
+    client = await aiohttp_client(create_app(settings))
     for _ in range(3):
         assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
     app = client.server.app

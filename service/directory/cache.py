@@ -298,13 +298,17 @@ class CustomerCache:
             return None
         if envelope.v != ENVELOPE_VERSION:
             return None
+        self._remember_decoded(raw, envelope)
+        return envelope
+
+    def _remember_decoded(self, raw: str | bytes, envelope: _Envelope) -> None:
         self._decoded[raw] = envelope
         if len(self._decoded) > max(self.local_size, 64):
             self._decoded.popitem(last=False)
-        return envelope
 
     async def _store(self, alias: str, customer: Customer | None, lock_token: str | None) -> None:
-        envelope = _Envelope(at=_wall_ms(), c=customer).model_dump_json()
+        fresh = _Envelope(at=_wall_ms(), c=customer)
+        envelope = fresh.model_dump_json()
         async with self._redis.pipeline(transaction=False) as pipe:
             if customer is None:
                 pipe.set(self._keys.customer(alias), envelope, ex=self.negative_ttl)
@@ -318,6 +322,7 @@ class CustomerCache:
             if lock_token is not None:  # released after the value is in place, so waiters find it
                 pipe.eval(_RELEASE_LOCK, 1, self._keys.customer_lock(alias), lock_token)
             await self._op(pipe.execute())
+        self._remember_decoded(envelope, fresh)  # reading these bytes back gives this very customer object
 
     async def _release(self, alias: str, lock_token: str) -> None:
         try:
