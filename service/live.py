@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 16 * 1024
 HEARTBEAT_S = 25.0
-RESUBSCRIBE_BACKOFF_MAX_S = 5.0
+RESUBSCRIBE_BACKOFF_MAX_S = 1.0  # Redis back -> panels resynchronised within about a second
 
 
 # --- frames ----------------------------------------------------------------------------------
