@@ -363,7 +363,7 @@ async def handle_frame(app: web.Application, hub: LiveHub, conn: Connection, dat
         await send_error(app, conn, PanelError("frame_too_large"), None)
         return
     if not conn.bucket.take(time.monotonic()):
-        await send_error(app, conn, PanelError("rate_limited"), None)
+        await send_error(app, conn, PanelError("rate_limited"), _frame_id(data))  # which relay was refused
         return
     try:
         raw = json.loads(data)
@@ -383,6 +383,15 @@ async def handle_frame(app: web.Application, hub: LiveHub, conn: Connection, dat
         return
     conn.view = _view(selected.view)
     await relay_selected(app, hub, conn, selected)
+
+
+def _frame_id(data: str) -> object:
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        return None
+    value = raw.get("id") if isinstance(raw, dict) else None
+    return value if isinstance(value, (int, str)) else None
 
 
 def _view(name: str | None) -> View | None:

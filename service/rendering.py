@@ -29,7 +29,7 @@ from .card_builders import (
 from .directory.models import Customer
 from .i18n import Catalog, Lang
 from .surfaces import Surface, SurfaceContext, View
-from .ticket_fields import TicketField
+from .ticket_fields import TicketField, is_http_url
 
 CHINA = timezone(timedelta(hours=8))
 LAYOUT = {
@@ -102,7 +102,7 @@ class Renderer:
         self._jinja = jinja
         self._catalog = catalog
         self._ticket_fields = ticket_fields
-        self._field_ids = {field.id for field in ticket_fields}
+        self._field_types = {field.id: field.type for field in ticket_fields}
         self._base_url = base_url
         self._v6 = card_format == "v6"
         self._cache_size = cache_size
@@ -162,7 +162,7 @@ class Renderer:
             else:
                 card = order_card_from_order(data, base_url=base_url)
             from_order = ticket_prefill_from_order(data, base_url=base_url, status_texts=status_texts)
-            ticket = {name: value for name, value in from_order.items() if name in self._field_ids}
+            ticket = {name: value for name, value in from_order.items() if self._prefillable(name, value)}
             orders.append({"order": order, "card": compact_json(card), "prefill": compact_json(ticket)})
         products = []
         for product in customer.products:
@@ -186,6 +186,11 @@ class Renderer:
             "yuan": yuan,
             "ms_datetime": ms_datetime,
         }
+
+    def _prefillable(self, field_id: str, value: str) -> bool:
+        """A configured field, and a value it accepts: a mini-program order link is no `url` field value."""
+        kind = self._field_types.get(field_id)
+        return kind is not None and (kind != "url" or is_http_url(value))
 
     # the whole fragment --------------------------------------------------------------------
 

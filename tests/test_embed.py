@@ -328,3 +328,18 @@ async def test_an_unchanged_customer_is_rendered_once_even_when_read_again_from_
     await client.post("/api/partners/C1001/invalidate", headers={"Authorization": "Bearer test-api-token"})
     assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
     assert app[RENDERER].misses == 2  # a refreshed customer is rendered afresh
+
+
+async def test_a_mini_program_order_link_is_not_prefilled_into_a_url_field(client: TestClient[Any, Any]) -> None:
+    """C1003 came in through a mini program: its order links are page paths, which a url field refuses."""
+    import html as html_module
+    import json
+    import re
+
+    fields = {"partnerId": "C1003", "email": "agent@acme.cn"}
+    query = build_query_string(sign_fields(Surface.WORKBENCH, fields, POLICY, now_ms()))
+    body = await (await client.get(f"/embed/workbench/orders?{query}")).text()
+    prefills = [json.loads(html_module.unescape(raw)) for raw in re.findall(r'data-prefill="([^"]*)"', body)]
+    assert prefills and all("card_title" in prefill for prefill in prefills)
+    assert all(prefill.get("card_url", "https://").startswith(("http://", "https://")) for prefill in prefills)
+    assert any("card_url" not in prefill for prefill in prefills)

@@ -102,9 +102,10 @@ async def test_malformed_frames(client: TestClient[Any, Any], payload: str, code
 
 async def test_frames_are_rate_limited(client: TestClient[Any, Any]) -> None:
     ws, _ = await open_panel(client, "C1001")
-    for _ in range(40):
-        await ws.send_json({"type": "ping"})
-    assert (await next_frame(ws, "error"))["code"] == "rate_limited"
+    for number in range(40):
+        await ws.send_json({"type": "ping", "id": number})
+    refused = await next_frame(ws, "error")
+    assert refused["code"] == "rate_limited" and isinstance(refused["id"], int)  # says which frame was refused
 
 
 async def test_handshake_needs_a_valid_token_and_our_origin(client: TestClient[Any, Any]) -> None:
