@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -70,8 +71,10 @@ def _run_one(settings: Settings, host: str, port: int, grace: float, *, reuse_po
 
     fast = _use_uvloop()
     log.info("sobot-panel worker %d listening on http://%s:%s%s", os.getpid(), host, port, " (uvloop)" if fast else "")
+    app = create_app(settings)
+    app.on_startup.append(_freeze_heap)
     web.run_app(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         access_log_class=AccessLogger,
@@ -81,6 +84,14 @@ def _run_one(settings: Settings, host: str, port: int, grace: float, *, reuse_po
         reuse_port=reuse_port or None,
     )
     return 0
+
+
+async def _freeze_heap(_app: object) -> None:
+    """Move everything built at start-up (modules, templates, the catalog) out of the collector's sight:
+    full collections then walk only what requests create. The call-center bench saw ~150 ms gen-2 pauses
+    per worker every ~20 s without it."""
+    gc.collect()
+    gc.freeze()
 
 
 def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: int) -> int:
