@@ -33,8 +33,11 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check service tests bench
 	$(VENV)/bin/mypy --strict service
 
+# The benches reuse the tests' fake customer API (dev extra); matplotlib (bench extra) draws the PNG,
+# wrk (when installed: apt-get install wrk) drives the HTTP load, else a Python load generator does.
 bench: $(VENV)/.installed-dev
-	$(PY) -m bench
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m bench all
 
 clean:
 	rm -rf $(VENV) .panel-data tests/artifacts .pytest_cache .mypy_cache .ruff_cache
