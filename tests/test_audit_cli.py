@@ -19,8 +19,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.audit import AuditKind, AuditLog, AuditRecord
-from service.audit_reader import Entry
 from service.audit_cli import human_line, summarize
+from service.audit_reader import Entry
 from service.keys import Keys
 from service.redis import EmbeddedRedis
 
