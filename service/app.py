@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -40,7 +39,7 @@ from .audit_reader import update_metrics
 from .directory.cache import CustomerCache
 from .directory.plugins import load_directory
 from .errors import PanelError
-from .i18n import Catalog, pick_lang
+from .i18n import Catalog
 from .observability import REQUEST_ID, Metrics, monotonic
 from .redis import EmbeddedRedis, connect_any, keys_for, parse_redis_url
 from .rendering import Renderer
@@ -186,8 +185,6 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except PanelError as error:
-        if error.status == 403:
-            request.app[METRICS].sign_failures.labels(error.code).inc()
         return views.error_response(request, error)
     except web.HTTPNotFound:
         return views.error_response(request, views.not_found_error(request))
@@ -262,8 +259,6 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
-__all__ = ["create_app", "now_ms", "pick_lang"]
+__all__ = ["create_app"]

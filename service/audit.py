@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta, timezone
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
+from .clock import now_ms
 from .keys import Keys
 from .redis import RedisClient
 from .spool import Claim, Spool
@@ -101,8 +101,6 @@ class Appended:
     spooled: bool = False
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _accepted_at(fields: dict[str, str]) -> int:

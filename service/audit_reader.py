@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from redis.exceptions import ResponseError
 
-from .audit import CHINA_TZ, DEAD_LETTER_MAXLEN, REDIS_DOWN, AuditRecord, _text, now_ms
+from .audit import CHINA_TZ, DEAD_LETTER_MAXLEN, REDIS_DOWN, AuditRecord, _text
+from .clock import now_ms
 from .keys import Keys
 from .redis import RedisClient
 from .spool import Spool

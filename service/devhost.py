@@ -20,6 +20,7 @@ from aiohttp import web
 
 from . import views
 from .appkeys import CATALOG, DIRECTORY, JINJA, SIGNER
+from .clock import now_ms
 from .directory.models import Customer
 from .directory.sample import SampleDirectory, load_customers
 from .errors import NotFound
@@ -168,7 +169,7 @@ async def signed(request: web.Request) -> web.Response:
     view_name = request.query.get("view", "")
     view: View | None = parse_view(view_name) if view_name else None
     customer = _find(app, request.query.get("partnerId", ""))
-    now = views.now_ms()
+    now = now_ms()
     query = sign_fields(surface, sample_context(surface, customer, now), app[SIGNER].policy, now)
     # SPEC §2.2: with zc_encode=1 on the docking URL, everything after `?` travels as one blob.
     zc = request.query.get("zcEncode") == "1"

@@ -29,12 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
 from . import appkeys as appmod
+from .clock import now_ms
 from .errors import PanelError
 from .i18n import Lang, pick_lang
 from .redis import pubsub_for
 from .security import SessionClaims, TokenBucket, TokenError, issue_token, origin_allowed, read_token
-from .signing import verify_sign
 from .surfaces import Surface, SurfaceContext, View, parse_fields
+from .views import issue_session_token, load_state, render_fragment, verified
 
 log = logging.getLogger(__name__)
 
@@ -160,15 +161,13 @@ class LiveHub:
     # rendering -----------------------------------------------------------------------------
 
     async def push_panel(self, conn: Connection, context: SurfaceContext | None, request_id: object = None) -> None:
-        from .views import issue_session_token, load_state, render_fragment
-
         app = self._app
         if context is None:
             return
         state = await load_state(app, conn.surface, context)
         html = render_fragment(app, state, conn.lang, conn.view)
         token = issue_session_token(app, state)
-        conn.claims = read_token(_session_key(app), token, _now_ms())
+        conn.claims = read_token(_session_key(app), token, now_ms())
         self._show(conn, conn.claims.partner_id)
         await conn.send({"type": "panel", "id": request_id, "html": html, "token": token,
                          "partnerId": conn.claims.partner_id})  # fmt: skip
@@ -287,8 +286,6 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _session_key(app: web.Application) -> bytes:
@@ -337,7 +334,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not _origin_ok(request):
         raise web.HTTPForbidden(text="origin not allowed")
     try:
-        claims = read_token(_session_key(app), request.query.get("token", ""), _now_ms())
+        claims = read_token(_session_key(app), request.query.get("token", ""), now_ms())
         surface = Surface(claims.surface)
     except (TokenError, ValueError):
         raise web.HTTPUnauthorized(text="invalid or expired token") from None
@@ -404,30 +401,20 @@ def _view(name: str | None) -> View | None:
 async def relay_selected(app: web.Application, hub: LiveHub, conn: Connection, frame: SelectedFrame) -> None:
     async with conn.lock:
         try:
-            context = await verified_context_from_fields(app, conn.surface, selected_fields(frame))
+            context = verified(app, conn.surface, parse_fields(conn.surface, selected_fields(frame)))
             if conn.claims.agent and context.agent and context.agent != conn.claims.agent:
                 raise PanelError("agent_mismatch")
             await hub.push_panel(conn, context, frame.id)
         except PanelError as error:
-            if error.status == 403:
-                app[appmod.METRICS].sign_failures.labels(error.code).inc()
             await send_error(app, conn, error, frame.id)
-
-
-async def verified_context_from_fields(
-    app: web.Application, surface: Surface, fields: dict[str, str]
-) -> SurfaceContext:
-    context = parse_fields(surface, fields)
-    verify_sign(surface, context.fields, app[appmod.SIGNER].policy, _now_ms())
-    return context
 
 
 def pong_frame(app: web.Application, conn: Connection) -> dict[str, Any]:
     """A pong; past half its life the token is renewed, so a long-lived panel never holds a dead one."""
     frame: dict[str, Any] = {"type": "pong"}
     ttl_ms = app[appmod.SETTINGS].session_ttl * 1000
-    if conn.claims.expires_ms - _now_ms() < ttl_ms // 2:
-        claims = dataclasses.replace(conn.claims, expires_ms=_now_ms() + ttl_ms)
+    if conn.claims.expires_ms - now_ms() < ttl_ms // 2:
+        claims = dataclasses.replace(conn.claims, expires_ms=now_ms() + ttl_ms)
         conn.claims = claims
         frame["token"] = issue_token(_session_key(app), claims)
     return frame

@@ -39,6 +39,7 @@ from aiohttp import web
 from . import appkeys as appmod
 from .audit import REDIS_DOWN
 from .audit_reader import stream_stats
+from .clock import now_ms
 from .errors import NotFound, PanelError, Unavailable
 from .keys import Keys
 from .ops_counters import (
@@ -54,7 +55,7 @@ from .ops_counters import (
     windows,
     yuan,
 )
-from .ops_feed import BACKFILL_MAX, GROUP, OPS_COUNTER, OPS_FEED, OpsCounter, OpsFeed, frames_of, now_ms
+from .ops_feed import BACKFILL_MAX, GROUP, OPS_COUNTER, OPS_FEED, OpsCounter, OpsFeed, frames_of
 from .redis import RedisClient
 from .rendering import script_json
 from .security import TokenError

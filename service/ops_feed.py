@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections import OrderedDict
 from typing import Any
 
@@ -59,8 +58,6 @@ def feed_channel(keys: Keys) -> str:
     return f"{keys.prefix}ops:feed"
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # --- counting ---------------------------------------------------------------------------------------

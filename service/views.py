@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -14,9 +13,10 @@ from redis.exceptions import RedisError
 from . import appkeys as appmod
 from .audit import EVENT_ID_PATTERN, AuditRecord
 from .cards import audit_kind, build_message
+from .clock import now_ms
 from .directory.cache import CacheResult
 from .directory.models import Customer, LookupKeys, UpstreamError
-from .errors import NotFound, PanelError, PayloadError, Unavailable
+from .errors import NotFound, PanelError, PayloadError, SignError, Unavailable
 from .i18n import Lang, pick_lang
 from .security import SessionClaims, TokenError, issue_token, read_token
 from .signing import verify_sign
@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 OWN_PARAMS = {"lang"}
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def request_lang(request: web.Request) -> Lang:
@@ -174,9 +172,15 @@ def _sobot_query(request: web.Request) -> str:
     return "&".join(piece for piece in raw.split("&") if piece.partition("=")[0] not in OWN_PARAMS)
 
 
-async def verified_context(app: web.Application, surface: Surface, raw_query: str) -> SurfaceContext:
-    context = parse_query_string(surface, raw_query)
-    verify_sign(surface, context.fields, app[appmod.SIGNER].policy, now_ms())
+def verified(app: web.Application, surface: Surface, context: SurfaceContext) -> SurfaceContext:
+    """The one gate for every context the server acts on: page loads and relayed selections alike.
+
+    A refused sign is counted here, by reason, whichever way it arrived."""
+    try:
+        verify_sign(surface, context.fields, app[appmod.SIGNER].policy, now_ms())
+    except SignError as error:
+        app[appmod.METRICS].sign_failures.labels(error.code).inc()
+        raise
     return context
 
 
@@ -187,7 +191,7 @@ async def _embed(request: web.Request, view: View | None) -> web.Response:
     if not raw.strip("&"):
         # SPEC §4 postMessage mode: the first context may arrive only by message; show a waiting shell.
         return render_page(request, PanelState(surface, None, None), lang, view, waiting=True)
-    context = await verified_context(request.app, surface, raw)
+    context = verified(request.app, surface, parse_query_string(surface, raw))
     state = await load_state(request.app, surface, context)
     return render_page(request, state, lang, view)
 
