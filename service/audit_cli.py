@@ -117,10 +117,8 @@ async def _tail_main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    url = redis_url(settings)
-    redis = connect_any(url, cluster=settings.redis_cluster, tls_ca=settings.redis_tls_ca)
+    redis, keys = _connect(settings)
     try:
-        keys = keys_for(settings.redis_prefix, url, cluster=settings.redis_cluster)
         reader = AuditReader(
             redis, keys, args.group, args.consumer or f"{socket.gethostname()}-{os.getpid()}",
             claim_idle_ms=settings.audit_claim_idle_ms, dead_after=settings.audit_dead_after,
@@ -135,6 +133,13 @@ async def _tail_main(args: argparse.Namespace) -> int:
     finally:
         await redis.aclose()
     return 0
+
+
+def _connect(settings: Settings) -> tuple[RedisClient, Keys]:
+    """The client and key names the service itself uses for these settings (Cluster keys hash-tagged)."""
+    url = redis_url(settings)
+    client = connect_any(url, cluster=settings.redis_cluster, tls_ca=settings.redis_tls_ca)
+    return client, keys_for(settings.redis_prefix, url, cluster=settings.redis_cluster)
 
 
 async def tail(
@@ -171,9 +176,7 @@ async def _export_main(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CliError(str(error), 2) from None
     settings = _load_settings()
-    url = redis_url(settings)
-    redis = connect_any(url, cluster=settings.redis_cluster, tls_ca=settings.redis_tls_ca)
-    keys = keys_for(settings.redis_prefix, url, cluster=settings.redis_cluster)
+    redis, keys = _connect(settings)
     encoding = "utf-8-sig" if args.format == "csv" else "utf-8"
     try:
         if args.output is None:

@@ -347,7 +347,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         async for message in ws:
             if message.type is not WSMsgType.TEXT:
                 if message.type is WSMsgType.BINARY:
-                    await send_error(app, conn, PanelError("frame_invalid", detail="binary"), None)
+                    await send_error(app, conn, PanelError("frame_not_json"), None)
                 continue
             await handle_frame(app, hub, conn, message.data)
     finally:
@@ -374,9 +374,12 @@ async def handle_frame(app: web.Application, hub: LiveHub, conn: Connection, dat
             await hub.resync(conn, resync.id)
             return
         selected = SelectedFrame.model_validate(raw)
-    except (ValueError, ValidationError) as error:
-        detail = "type" if isinstance(error, ValidationError) and "type" in str(error) else "json"
-        await send_error(app, conn, PanelError("frame_invalid", detail=detail), None)
+    except ValidationError as error:
+        where = ".".join(str(part) for part in error.errors()[0]["loc"]) or "type"
+        await send_error(app, conn, PanelError("frame_invalid", field=where[:60]), None)
+        return
+    except ValueError:
+        await send_error(app, conn, PanelError("frame_not_json"), None)
         return
     conn.view = _view(selected.view)
     await relay_selected(app, hub, conn, selected)

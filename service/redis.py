@@ -86,6 +86,18 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within `timeout` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class EmbeddedRedis:
     """A redis-server child process. `start()`/`stop()` are synchronous and idempotent.
 
@@ -163,14 +175,7 @@ class EmbeddedRedis:
     def stop(self, timeout: float = 10.0) -> None:
         """SHUTDOWN by SIGTERM (Redis flushes the AOF on it), SIGKILL if it does not go in time."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (for fault tests)."""

@@ -194,19 +194,6 @@ class Renderer:
 
     # the whole fragment --------------------------------------------------------------------
 
-    def fragment(
-        self,
-        customer: Customer | None,
-        context: SurfaceContext | None,
-        lang: Lang,
-        view: View | None,
-        *,
-        stale: bool,
-        tried: list[tuple[str, str]],
-    ) -> str:
-        """The panel's inner HTML: what a page shows and what a websocket push replaces."""
-        return b"".join(self.fragment_parts(customer, context, lang, view, stale=stale, tried=tried)).decode()
-
     def fragment_parts(
         self,
         customer: Customer | None,

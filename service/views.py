@@ -95,13 +95,17 @@ def issue_session_token(app: web.Application, state: PanelState) -> str:
     return issue_token(key.get_secret_value().encode(), session_claims(app, state))
 
 
-def render_fragment(app: web.Application, state: PanelState, lang: Lang, view: View | None) -> str:
-    """The panel's inner HTML: what a page shows and what a websocket push replaces."""
+def fragment_parts(app: web.Application, state: PanelState, lang: Lang, view: View | None) -> list[bytes]:
+    """The panel's inner HTML as UTF-8 pieces: what a page shows and what a websocket push replaces."""
     result = state.result
     tried = result.tried if result else (lookup_keys(state.context).ordered() if state.context else [])
-    return app[appmod.RENDERER].fragment(
+    return app[appmod.RENDERER].fragment_parts(
         state.customer, state.context, lang, view, stale=bool(result and result.stale), tried=tried
     )
+
+
+def render_fragment(app: web.Application, state: PanelState, lang: Lang, view: View | None) -> str:
+    return b"".join(fragment_parts(app, state, lang, view)).decode()
 
 
 def render_page(
@@ -119,15 +123,8 @@ def render_page(
         "cardFormat": settings.card_format,
         "partnerId": state.customer.partnerId if state.customer else "",
     }
-    renderer = app[appmod.RENDERER]
-    body = None
-    if not waiting:
-        result = state.result
-        tried = result.tried if result else (lookup_keys(state.context).ordered() if state.context else [])
-        body = renderer.fragment_parts(
-            state.customer, state.context, lang, view, stale=bool(result and result.stale), tried=tried
-        )
-    page = renderer.page(lang, state.surface, boot, body)
+    body = None if waiting else fragment_parts(app, state, lang, view)
+    page = app[appmod.RENDERER].page(lang, state.surface, boot, body)
     return web.Response(body=page, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.redis import EmbeddedRedis, find_redis_server
+from service.redis import EmbeddedRedis, find_redis_server, stop_process
 
 CLUSTER_SLOTS = 16_384
 CLUSTER_BUS_OFFSET = 10_000
@@ -292,14 +292,7 @@ class SentinelProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout)
 
     def log_tail(self, lines: int = 5) -> str:
         try:

@@ -93,7 +93,7 @@ async def test_selection_of_another_agent_is_refused(client: TestClient[Any, Any
 @pytest.mark.parametrize(
     ("payload", "code"),
     [
-        pytest.param("not json", "frame_invalid", id="not-json"),
+        pytest.param("not json", "frame_not_json", id="not-json"),
         pytest.param(json.dumps({"type": "selected", "query": "x"}), "frame_invalid", id="bad-shape"),
         pytest.param(json.dumps({"type": "ping", "pad": "x" * 20_000}), "frame_too_large", id="too-large"),
     ],
@@ -101,7 +101,10 @@ async def test_selection_of_another_agent_is_refused(client: TestClient[Any, Any
 async def test_malformed_frames(client: TestClient[Any, Any], payload: str, code: str) -> None:
     ws, _ = await open_panel(client, "C1001")
     await ws.send_str(payload)
-    assert (await next_frame(ws, "error"))["code"] == code
+    error = await next_frame(ws, "error")
+    assert error["code"] == code and error["message"] != code
+    if code == "frame_invalid":
+        assert error["field"] == "query" and "query" in error["message"]  # says which field was wrong
     await ws.send_json({"type": "ping"})
     await next_frame(ws, "pong")  # the socket survives a bad frame
 
