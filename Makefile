@@ -19,7 +19,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
-	PANEL_DEMO=1 $(PY) -m service serve
+	PANEL_DEMO=1 $(PY) -m sobot_panel serve
 
 # Debian's Chromium drives the browser tests (Playwright never downloads a browser here).
 chromium:
@@ -31,6 +31,7 @@ test: $(VENV)/.installed-dev chromium
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check service tests bench
+	$(VENV)/bin/ruff format --check service tests bench
 	$(VENV)/bin/mypy --strict service
 
 # The benches reuse the tests' fake customer API (dev extra); matplotlib (bench extra) draws the PNG,

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-
-from service.card_builders import goods_card_from_product, order_card_from_order
-from service.signing import SignPolicy
+from sobot_panel.protocol.card_builders import goods_card_from_product, order_card_from_order
+from sobot_panel.protocol.signing import SignPolicy
 
 from .common import signed_fields, signed_query
 

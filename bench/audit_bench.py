@@ -2,7 +2,7 @@
 
     python -m bench audit [--seconds 3] [--entries 1000000]
 
-1. In process: `service.audit.AuditLog.append` one at a time and 50 at once, `append_many` in batches of
+1. In process: `sobot_panel.audit.producer.AuditLog.append` one at a time and 50 at once, `append_many` in batches of
    100, against redis-py's raw `XADD` unpipelined (one at a time and 50 at once) and pipelined by 100
    (same record fields, same MAXLEN ~ 1,000,000 as the service's default retention).
 2. Over HTTP at 50 connections: `POST /panel/send` (a valid token, an order card built from the sample
@@ -24,12 +24,11 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
-
-from service.audit import AuditLog, AuditRecord
-from service.card_builders import order_card_from_order
-from service.directory.sample import load_customers
-from service.keys import Keys
-from service.redis import connect
+from sobot_panel.audit.producer import AuditLog, AuditRecord
+from sobot_panel.directory.sample import load_customers
+from sobot_panel.protocol.card_builders import order_card_from_order
+from sobot_panel.redis import connect
+from sobot_panel.redis.keys import Keys
 
 from .common import (
     OPS_TOKEN,

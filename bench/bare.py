@@ -15,8 +15,7 @@ import sys
 
 from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
-
-from service.redis import connect
+from sobot_panel.redis import connect
 
 REDIS = web.AppKey("redis", object)
 

@@ -3,7 +3,7 @@
     python -m bench callcenter [--agents 2000] [--fault all] [--quick] [--out FILE.json]
 
 Starts a redis-server, the enterprise's customer API (bench/enterprise.py: the test fake, with
-`--upstream-latency`) and `python -m service serve --workers 2` against both (PANEL_SIGN_MAX_AGE=300,
+`--upstream-latency`) and `python -m sobot_panel serve --workers 2` against both (PANEL_SIGN_MAX_AGE=300,
 as in production). N agents each load a signed panel and hold its websocket, then, for the rest of the
 shift, at the given rates (events a second over all agents, Poisson arrivals): relay correctly signed
 `selected` messages, open fresh panels (signed page loads), send order cards and tickets, while the
@@ -43,10 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-from service.keys import Keys
-from service.redis import EmbeddedRedis, connect
-from service.signing import SignPolicy
+from sobot_panel.protocol.signing import SignPolicy
+from sobot_panel.redis import EmbeddedRedis, connect
+from sobot_panel.redis.keys import Keys
 
 from .agents import Agent, Recorder, World, poisson
 from .common import (

@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from service.redis import EmbeddedRedis
-from service.signing import SignPolicy, sign_fields
-from service.surfaces import Surface, build_query_string
+from sobot_panel.protocol.signing import SignPolicy, sign_fields
+from sobot_panel.protocol.surfaces import Surface, build_query_string
+from sobot_panel.redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -267,10 +267,10 @@ def service_env(port: int, redis_url: str, data_dir: Path | None = None, **extra
 @contextmanager
 def service(port: int, redis_url: str, *, workers: int = 1, args: Sequence[str] = (),
             **extra: str) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
-    """`python -m service serve [--workers N]`; with N > 1, waits until every worker answers."""
+    """`python -m sobot_panel serve [--workers N]`; with N > 1, waits until every worker answers."""
     data_dir = Path(tempfile.mkdtemp(prefix="panel-bench-data-"))
     env = service_env(port, redis_url, data_dir, **extra)
-    command = [sys.executable, "-m", "service", "serve", *args]
+    command = [sys.executable, "-m", "sobot_panel", "serve", *args]
     if workers > 1:
         command += ["--workers", str(workers)]
     health = f"http://127.0.0.1:{port}/healthz"

@@ -1,30 +1,38 @@
-"""The enterprise's customer API for the call-center bench: tests/fake_enterprise.py, more customers, remote knobs.
+"""A faithful fake of the enterprise's customer API (CONTRACT.md, "The enterprise's customer API"), used by
+the tests (through `tests/helpers/fake_enterprise.py`) and, with more customers and remote knobs, by the
+call-center bench:
 
     python -m bench.enterprise PORT [--customers N] [--latency S]
 
-Serves `GET /customers/lookup` exactly as the test fake does (same code), over `customers(N)`: the sample
-customers cloned with fresh partnerId, phone, email, uid and unionId. `POST /_control` with JSON
+`GET /customers/lookup?partnerId=|phone=|email=|uid=|unionId=` answers the customers of
+`web/sample/customers.json` exactly as stored (or `customers(N)`: the sample customers cloned with fresh
+partnerId, phone, email, uid and unionId), 404 when nobody matches, 401 without the bearer token.
+Knobs: `latency` (seconds, a slow upstream), `fail_with` (an HTTP status to answer instead), `raw_body`
+(bytes to answer with 200, e.g. broken JSON), `token` (None: no auth required); `calls` counts requests per
+`key:value`; `reset()` puts every knob back. Over HTTP, `POST /_control` with JSON
 `{"latency": seconds, "fail_with": status | null}` turns the knobs while it runs; `GET /_stats` counts calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import json
 import os
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
-
-from service.directory.sample import SAMPLE_FILE
+from sobot_panel.assets import sample_file
+from sobot_panel.directory.models import LOOKUP_NAMES
 
 TOKEN = "bench-enterprise-token"
 
 
 def customers(count: int) -> list[dict[str, Any]]:
     """`count` customers in the API's shape: partnerId P000000, P000001, ... (clones of the sample ones)."""
-    sample = json.loads(SAMPLE_FILE.read_text(encoding="utf-8"))["customers"]
+    sample = json.loads(sample_file("customers.json").read_text(encoding="utf-8"))["customers"]
     out = []
     for index in range(count):
         customer = copy.deepcopy(sample[index % len(sample)])
@@ -34,15 +42,69 @@ def customers(count: int) -> list[dict[str, Any]]:
     return out
 
 
+class FakeEnterprise:
+    def __init__(self, token: str | None) -> None:
+        self.customers: list[dict[str, Any]] = json.loads(sample_file("customers.json").read_text(encoding="utf-8"))[
+            "customers"
+        ]
+        self.default_token = token
+        self.url = ""
+        self.calls: Counter[str] = Counter()
+        self.authorizations: list[str | None] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.token = self.default_token
+        self.latency = 0.0
+        self.fail_with: int | None = None
+        self.raw_body: bytes | None = None
+        self.calls.clear()
+        self.authorizations.clear()
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    def find(self, key: str, value: str) -> dict[str, Any] | None:
+        for customer in self.customers:
+            stored = str(customer.get(key, ""))
+            if stored and (stored.casefold() == value.casefold() if key == "email" else stored == value):
+                return customer
+        return None
+
+    async def lookup(self, request: web.Request) -> web.Response:
+        self.authorizations.append(request.headers.get("Authorization"))
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        present = [(name, request.query[name]) for name in LOOKUP_NAMES if request.query.get(name)]
+        if not present:
+            return web.json_response({"error": "give one of " + ", ".join(LOOKUP_NAMES)}, status=400)
+        key, value = present[0]
+        self.calls[f"{key}:{value}"] += 1
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if self.fail_with is not None:
+            return web.json_response({"error": "simulated failure"}, status=self.fail_with)
+        if self.raw_body is not None:
+            return web.Response(body=self.raw_body, content_type="application/json")
+        customer = self.find(key, value)
+        if customer is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response(customer)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/customers/lookup", self.lookup)
+        return app
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.enterprise")
     parser.add_argument("port", type=int)
     parser.add_argument("--customers", type=int, default=5000)
     parser.add_argument("--latency", type=float, default=0.0)
     args = parser.parse_args()
-    # The test fake itself (its lookup, auth and knobs), with a bigger population and an index.
-    from tests.fake_enterprise import FakeEnterprise
-
+    # The same fake the tests use (its lookup, auth and knobs), with a bigger population and an index.
     fake = FakeEnterprise(token=TOKEN)
     fake.customers = customers(args.customers)
     index: dict[tuple[str, str], dict[str, Any]] = {}
@@ -73,8 +135,6 @@ def main() -> None:
     except ImportError:
         pass
     else:
-        import asyncio
-
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
 

@@ -23,9 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
-
-from service.directory.sample import load_customers
-from service.security import SessionClaims, issue_token
+from sobot_panel.directory.sample import load_customers
+from sobot_panel.protocol.security import SessionClaims, issue_token
 
 from .common import (
     RESULTS,

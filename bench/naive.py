@@ -16,8 +16,7 @@ import sys
 
 import jinja2
 from aiohttp import web
-
-from service.redis import connect
+from sobot_panel.redis import connect
 
 from .common import SECRET, SYSNUM
 
@@ -94,10 +93,10 @@ def main() -> None:
     url = sys.argv[2]
 
     async def redis_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-        from service.directory.sample import SAMPLE_FILE
+        from sobot_panel.assets import sample_file
 
         client = connect(url)
-        for customer in json.loads(SAMPLE_FILE.read_text(encoding="utf-8"))["customers"]:
+        for customer in json.loads(sample_file("customers.json").read_text(encoding="utf-8"))["customers"]:
             await client.set(f"naive:customer:{customer['partnerId']}", json.dumps(customer, ensure_ascii=False))
         app[REDIS] = client
         yield

@@ -24,8 +24,7 @@ import urllib.request
 from contextlib import ExitStack
 
 from redis import Redis as SyncRedis
-
-from service.directory.sample import load_customers
+from sobot_panel.directory.sample import load_customers
 
 from .common import (
     LONG_SIGN_AGE,

@@ -1,7 +1,9 @@
 """`create_app(settings)`: the whole service assembled in one place.
 
-Every resource (the embedded redis-server, the Redis client, the directory's HTTP session, background
-listeners) is opened and closed in one `cleanup_ctx` generator; nothing is opened at import time.
+Every resource (the embedded redis-server, the Redis client, the directory's HTTP session, the panel
+core, the audit producer and its spool, the live hub, the ops consumer) is opened and closed in one
+`cleanup_ctx` generator here, in dependency order; nothing is opened at import time, and no domain
+module wires itself into the application.
 """
 
 from __future__ import annotations
@@ -11,46 +13,54 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web
-from redis.exceptions import RedisError
 
-from . import audit, devhost, live, ops, views
+from . import assets, devhost, health
 from .appkeys import (
     AUDIT,
     CACHE,
     CATALOG,
+    CORE,
+    CSP,
     DIRECTORY,
     EMBEDDED_REDIS,
-    JINJA,
+    HUB,
     KEYS,
     METRICS,
+    OPS_COUNTER,
+    OPS_FEED,
     REDIS,
-    RENDERER,
     SETTINGS,
-    SIGNER,
     TICKET_FIELDS,
-    WEB_DIR,
-    Signer,
-    make_jinja,
 )
-from .audit_reader import update_metrics
+from .audit.producer import AuditLog
+from .audit.spool import Spool
 from .directory.cache import CustomerCache
 from .directory.plugins import load_directory
 from .errors import PanelError
 from .i18n import Catalog
-from .observability import REQUEST_ID, Metrics, monotonic
-from .redis import EmbeddedRedis, connect_any, keys_for, parse_redis_url
-from .rendering import Renderer
-from .security import content_security_policy
+from .live.endpoint import websocket
+from .live.hub import LiveHub
+from .middleware import errors, observe
+from .observability import Metrics
+from .ops import dashboard as ops
+from .ops.feed import OpsCounter, OpsFeed
+from .panel import handlers
+from .panel.core import PanelCore, Signer
+from .panel.rendering import Renderer
+from .panel.wecom import WecomSecretClient
+from .protocol.security import SessionTokens, content_security_policy
+from .protocol.ticket_fields import load_ticket_fields
+from .redis import REDIS_DOWN, EmbeddedRedis, connect_any, keys_for, parse_redis_url
 from .settings import Settings
-from .ticket_fields import load_ticket_fields
-from .wecom import WecomSecretClient
 
 log = logging.getLogger("sobot_panel")
 
-# --- resources -------------------------------------------------------------------------------
+# --- resources, opened in this order and closed in reverse ------------------------------------
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -98,12 +108,12 @@ async def _watch_embedded(server: EmbeddedRedis) -> None:
             delay = min(delay * 2, 30.0)
 
 
-async def _directory_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _panel_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The customer directory, its cache, and the panel core built on them."""
     settings = app[SETTINGS]
     metrics = app[METRICS]
     directory = load_directory(settings, on_call=metrics.observe_upstream)
-    app[DIRECTORY] = directory
-    app[CACHE] = CustomerCache(
+    cache = CustomerCache(
         app[REDIS],
         directory,
         app[KEYS],
@@ -112,6 +122,24 @@ async def _directory_ctx(app: web.Application) -> AsyncIterator[None]:
         local_ttl=settings.local_cache_ttl,
         local_size=settings.local_cache_size,
     )
+    app[DIRECTORY], app[CACHE] = directory, cache
+    assert settings.session_key is not None  # filled in by Settings validation
+    signer = Signer(settings.sign_policy())
+    app[CORE] = PanelCore(
+        signer=signer,
+        cache=cache,
+        renderer=Renderer(
+            aiohttp_jinja2.get_env(app),
+            app[CATALOG],
+            app[TICKET_FIELDS],
+            base_url=settings.base_url,
+            card_format=settings.card_format,
+        ),
+        tokens=SessionTokens(settings.session_key.get_secret_value().encode()),
+        metrics=metrics,
+        session_ttl_s=settings.session_ttl,
+        boot={"origins": settings.origin_patterns, "allowSelf": settings.demo, "cardFormat": settings.card_format},
+    )
     try:
         yield
     finally:
@@ -119,18 +147,20 @@ async def _directory_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _wecom_ctx(app: web.Application) -> AsyncIterator[None]:
+    """SPEC §3.4: the WeCom secret from Sobot's gateway, when configured that way, refreshed in the background."""
     settings = app[SETTINGS]
     if settings.wecom_secret is not None or not (settings.wecom_gateway and settings.wecom_temp_id):
         yield
         return
+    signer = app[CORE].signer
     client = WecomSecretClient(
         app[REDIS], app[KEYS], gateway=settings.wecom_gateway, temp_id=settings.wecom_temp_id.get_secret_value()
     )
     try:
-        app[SIGNER].use_wecom_secret(await client.current_secret())
+        signer.use_wecom_secret(await client.current_secret())
     except PanelError as error:
         log.error("WeCom secret could not be fetched (%s); WeCom signs are checked without it", error.code)
-    refresher = asyncio.create_task(_refresh_wecom(app, client), name="wecom-secret-refresh")
+    refresher = asyncio.create_task(_refresh_wecom(signer, client), name="wecom-secret-refresh")
     try:
         yield
     finally:
@@ -140,125 +170,128 @@ async def _wecom_ctx(app: web.Application) -> AsyncIterator[None]:
         await client.close()
 
 
-async def _refresh_wecom(app: web.Application, client: WecomSecretClient) -> None:
+async def _refresh_wecom(signer: Signer, client: WecomSecretClient) -> None:
     while True:
         await asyncio.sleep(client.ttl_s / 2)
         with contextlib.suppress(PanelError):
-            app[SIGNER].use_wecom_secret(await client.current_secret())
+            signer.use_wecom_secret(await client.current_secret())
 
 
-CSP = web.AppKey("content_security_policy", str)
-
-# --- middlewares -----------------------------------------------------------------------------
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, metrics, and the security headers every response carries (one layer for all three)."""
-    request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
-    request[REQUEST_ID] = request_id
-    started = monotonic()
-    status = 500
+async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The audit producer: the spool, a start-up replay of what was left on this host, the replayer."""
+    settings = app[SETTINGS]
+    spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes) if settings.spool_max_bytes else None
+    audit = AuditLog(app[REDIS], app[KEYS], maxlen=settings.audit_maxlen, max_age_s=settings.audit_max_age, spool=spool)
+    app[AUDIT] = audit
+    # What a previous run, or a worker that died, left on this host goes in before we serve.
+    with contextlib.suppress(*REDIS_DOWN):
+        await asyncio.wait_for(audit.replay_spool(), timeout=10.0)
+    stop = asyncio.Event()
+    replayer = asyncio.create_task(audit.run_replayer(stop), name="audit-spool-replayer")
     try:
-        response = await handler(request)
-        status = response.status
-        headers = response.headers
-        headers.setdefault("Content-Security-Policy", request.app[CSP])
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
-        headers["X-Request-Id"] = request_id
-        return response
-    except web.HTTPException as error:
-        status = error.status
-        raise
+        yield
     finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].request_done(route, status, monotonic() - started)
+        stop.set()
+        await replayer
+        if spool is not None:
+            spool.close()
 
 
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure an agent can meet becomes a small page in their language; never a traceback."""
+async def _live_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The live hub; its pub/sub listener starts after Redis and stops before it."""
+    hub = LiveHub(redis=app[REDIS], keys=app[KEYS], core=app[CORE], catalog=app[CATALOG], metrics=app[METRICS])
+    app[HUB] = hub
+    listener = asyncio.create_task(hub.listen(), name="live-pubsub")
     try:
-        return await handler(request)
-    except PanelError as error:
-        return views.error_response(request, error)
-    except web.HTTPNotFound:
-        return views.error_response(request, views.not_found_error(request))
-    except web.HTTPException:
-        raise
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return views.error_response(request, PanelError("internal_error"), status=500)
+        yield
+    finally:
+        hub.stopping = True
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
 
 
-# --- health ----------------------------------------------------------------------------------
-
-
-async def healthz(request: web.Request) -> web.Response:
-    # The pid tells an operator (and a test) which worker of `serve --workers N` answered.
-    return web.json_response({"status": "ok", "pid": os.getpid()})
-
-
-async def readyz(request: web.Request) -> web.Response:
+async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This replica's consumer of the `ops` group and its feed listener, only when the dashboard is on."""
+    settings = app[SETTINGS]
+    if settings.ops_token is None:
+        yield  # no dashboard, no consumer: the group is not created and builds no backlog
+        return
+    redis, keys = app[REDIS], app[KEYS]
+    consumer = f"ops-{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(2)}"
+    counter = OpsCounter(redis, keys, consumer, claim_idle_ms=settings.audit_claim_idle_ms,
+                         dead_after=settings.audit_dead_after)  # fmt: skip
+    feed = OpsFeed(redis, keys)
+    app[OPS_COUNTER], app[OPS_FEED] = counter, feed
+    tasks = [
+        asyncio.create_task(counter.run(), name="ops-counter"),
+        asyncio.create_task(feed.listen(), name="ops-feed"),
+    ]
     try:
-        await asyncio.wait_for(request.app[REDIS].ping(), timeout=1.0)
-    except (RedisError, OSError, TimeoutError) as error:
-        return web.json_response({"status": "unavailable", "redis": type(error).__name__}, status=503)
-    return web.json_response({"status": "ready"})
+        yield
+    finally:
+        counter.stop()
+        feed.stop()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 3.0)  # cancelled if the stop flag is not seen in time
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    from prometheus_client import CONTENT_TYPE_LATEST
-
-    app = request.app
-    with contextlib.suppress(RedisError, OSError, TimeoutError):
-        await asyncio.wait_for(update_metrics(app[METRICS], app[REDIS], app[KEYS], app[AUDIT].spool), 1.0)
-    body = app[METRICS].exposition()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+async def _close_sockets(app: web.Application) -> None:
+    """SIGTERM: live panels get 1001 and reconnect elsewhere; ops feeds end so their browsers do too."""
+    if HUB in app:
+        await app[HUB].close_all()
+    if OPS_FEED in app:
+        app[OPS_FEED].close_all()
 
 
 # --- the factory -----------------------------------------------------------------------------
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[_observe, _errors], client_max_size=256 * 1024)
+    web_dir = assets.check()
+    app = web.Application(middlewares=[observe, errors], client_max_size=256 * 1024)
     catalog = Catalog.load()
+    jinja = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(web_dir / "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+        undefined=jinja2.StrictUndefined,
+    )
+    jinja.globals["catalog"] = catalog
     app[SETTINGS] = settings
     app[CSP] = content_security_policy(settings.origin_patterns, allow_self=settings.demo)
-    # On Redis Cluster the audit keys share the tenant's hash tag (service.keys).
+    # On Redis Cluster the audit keys share the tenant's hash tag (sobot_panel.redis.keys).
     app[KEYS] = keys_for(settings.redis_prefix, settings.redis_url, cluster=settings.redis_cluster)
     app[CATALOG] = catalog
-    app[JINJA] = make_jinja(catalog)
     app[METRICS] = Metrics()
-    app[SIGNER] = Signer(settings)
     app[TICKET_FIELDS] = load_ticket_fields(settings.ticket_fields)
-    app[RENDERER] = Renderer(
-        app[JINJA], catalog, app[TICKET_FIELDS], base_url=settings.base_url, card_format=settings.card_format
-    )
 
-    app.cleanup_ctx.append(_redis_ctx)
-    app.cleanup_ctx.append(_directory_ctx)
-    app.cleanup_ctx.append(_wecom_ctx)
-    audit.setup(app)
-    live.setup(app)
+    app.cleanup_ctx.extend([_redis_ctx, _panel_ctx, _wecom_ctx, _audit_ctx, _live_ctx, _ops_ctx])
+    app.on_shutdown.append(_close_sockets)
 
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
-    views.setup_routes(app)
-    ops.setup_routes(app)
+    router = app.router
+    router.add_get("/healthz", health.healthz)
+    router.add_get("/readyz", health.readyz)
+    router.add_get("/metrics", health.metrics)
+    router.add_get("/", handlers.index)
+    router.add_get("/embed/{surface}", handlers.embed_panel)
+    router.add_get("/embed/{surface}/{view}", handlers.embed_view)
+    router.add_post("/panel/send", handlers.send)
+    router.add_post("/api/partners/{partnerId}/invalidate", handlers.invalidate)
+    router.add_get("/ws", websocket)
+    router.add_get("/ops", ops.guarded(ops.dashboard, page=True))
+    router.add_get("/ops/entries/{entry_id}", ops.guarded(ops.entry_detail, page=True))
+    router.add_get("/ops/feed", ops.guarded(ops.feed, page=False))
+    router.add_get("/ops/api/summary", ops.guarded(ops.api_summary, page=False))
     if settings.demo:
-        devhost.setup_routes(app)
-    app.router.add_static("/static", WEB_DIR / "static", append_version=False)
+        router.add_get("/dev/host", devhost.host_page)
+        router.add_get("/dev/host/signed", devhost.signed)
+    router.add_static("/static", web_dir / "static", append_version=False)
     return app
-
-
 
 
 __all__ = ["create_app"]

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from . import __version__, assets
+from .clock import now_ms
+from .protocol.signing import sign_fields
+from .protocol.surfaces import Surface, View, build_query_string, zc_encode_blob
 from .settings import Settings, describe_error
-from .signing import SignPolicy, sign_fields
-from .surfaces import Surface, View, build_query_string, zc_encode_blob
 
 log = logging.getLogger("sobot_panel")
 
@@ -115,7 +117,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    command = [sys.executable, "-m", "service", "serve", "--worker", "--host", host, "--port", str(port),
+    command = [sys.executable, "-m", "sobot_panel", "serve", "--worker", "--host", host, "--port", str(port),
                "--grace", str(args.grace)]  # fmt: skip
     workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
     stopping = False
@@ -154,6 +156,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .observability import configure_logging
 
     settings = _settings()
+    try:
+        assets.check()
+    except assets.AssetError as error:
+        print(f"sobot-panel: {error}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_format)
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
@@ -182,13 +189,7 @@ def signed_url(
     settings: Settings, surface: Surface, view: View | None, fields: dict[str, str], *, zc_encode: bool = False
 ) -> str:
     """A URL Sobot could have opened: the configured secret, the current timestamp, a valid sign."""
-    policy = SignPolicy(
-        sys_num=settings.sysnum,
-        secret=settings.secret_value(),
-        wecom_secret=settings.wecom_secret_value(),
-        max_age_s=settings.sign_max_age,
-    )
-    signed = sign_fields(surface, fields, policy, time.time_ns() // 1_000_000)
+    signed = sign_fields(surface, fields, settings.sign_policy(), now_ms())
     query = zc_encode_blob(signed) if zc_encode else build_query_string(signed)
     path = f"/embed/{surface.value}" + (f"/{view.value}" if view else "")
     return f"{settings.base_url}{path}?{query}"
@@ -208,6 +209,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sobot-panel", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sobot-panel {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service")
@@ -225,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--zc-encode", action="store_true", help="encode the query as one zc_encode=1 blob")
     sign.set_defaults(run=cmd_sign)
 
-    from .audit_cli import add_commands
+    from .audit.cli import add_commands
 
     add_commands(commands)
     return parser

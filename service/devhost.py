@@ -16,16 +16,17 @@ import json
 import logging
 from typing import Any, Literal
 
+import aiohttp_jinja2
 from aiohttp import web
 
-from . import views
-from .appkeys import CATALOG, DIRECTORY, JINJA, SIGNER
+from .appkeys import CATALOG, CORE, DIRECTORY
 from .clock import now_ms
 from .directory.models import Customer
 from .directory.sample import SampleDirectory, load_customers
-from .errors import NotFound
-from .signing import sign_fields
-from .surfaces import Surface, View, build_query_string, parse_surface, parse_view, zc_encode_blob
+from .errors import Code, NotFound
+from .panel.pages import request_lang
+from .protocol.signing import sign_fields
+from .protocol.surfaces import Surface, View, build_query_string, parse_surface, parse_view, zc_encode_blob
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def _find(app: web.Application, partner_id: str) -> Customer:
     for customer in sample_customers(app):
         if customer.partnerId == partner_id:
             return customer
-    raise NotFound("devhost_unknown_customer", partnerId=partner_id[:40])
+    raise NotFound(Code.DEVHOST_UNKNOWN_CUSTOMER, partnerId=partner_id[:40])
 
 
 async def signed(request: web.Request) -> web.Response:
@@ -170,7 +171,7 @@ async def signed(request: web.Request) -> web.Response:
     view: View | None = parse_view(view_name) if view_name else None
     customer = _find(app, request.query.get("partnerId", ""))
     now = now_ms()
-    query = sign_fields(surface, sample_context(surface, customer, now), app[SIGNER].policy, now)
+    query = sign_fields(surface, sample_context(surface, customer, now), app[CORE].signer.policy, now)
     # SPEC §2.2: with zc_encode=1 on the docking URL, everything after `?` travels as one blob.
     zc = request.query.get("zcEncode") == "1"
     path = f"/embed/{surface.value}" + (f"/{view.value}" if view else "")
@@ -200,7 +201,7 @@ async def host_page(request: web.Request) -> web.Response:
     """The simulator itself; choices survive a reload through `?mode=&surface=&view=&lang=`."""
     app = request.app
     catalog = app[CATALOG]
-    lang = views.request_lang(request)
+    lang = request_lang(request)
     mode: Mode = "postmessage" if request.query.get("mode") == "postmessage" else "url"
     surface = _surface_choice(request.query.get("surface"))
     view_name = request.query.get("view", "")
@@ -218,8 +219,7 @@ async def host_page(request: web.Request) -> web.Response:
         "sizes": {s.value: list(size) for s, size in FRAME_SIZES.items()},
         "messages": messages,
     }
-    template = app[JINJA].get_template("devhost.html")
-    html = template.render(
+    context = dict(
         t=lambda code, **params: catalog.text(code, lang, **params),
         lang=lang,
         other_lang="en" if lang == "zh" else "zh",
@@ -232,10 +232,6 @@ async def host_page(request: web.Request) -> web.Response:
         customers=customers,
         boot=json.dumps(boot, ensure_ascii=False, separators=(",", ":")),
     )
-    return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
-
-
-def setup_routes(app: web.Application) -> None:
-    """Register `/dev/host` (only called when PANEL_DEMO=1)."""
-    app.router.add_get("/dev/host", host_page)
-    app.router.add_get("/dev/host/signed", signed)
+    response = aiohttp_jinja2.render_template("devhost.html", request, context)
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from .assets import AssetError, catalog_dir
 from .errors import PanelError
 
 Lang = Literal["zh", "en"]
 LANGS: tuple[Lang, ...] = ("zh", "en")
 DEFAULT_LANG: Lang = "zh"
-CATALOG_DIR = Path(__file__).resolve().parent.parent / "web" / "i18n"
 
 
 class _Defaulting(dict[str, object]):
@@ -29,9 +29,14 @@ class Catalog:
         self._messages = messages
 
     @classmethod
-    def load(cls, directory: Path = CATALOG_DIR) -> Catalog:
+    def load(cls, directory: Path | None = None) -> Catalog:
+        """Every catalog file of `directory` (the shipped `web/i18n` by default); none at all is an AssetError."""
+        directory = directory or catalog_dir()
+        paths = sorted(directory.glob("*.json"))
+        if not paths:
+            raise AssetError(f"no message catalog (*.json) in {directory}: the package is incomplete")
         merged: dict[str, dict[str, str]] = {}
-        for path in sorted(directory.glob("*.json")):
+        for path in paths:
             for code, texts in json.loads(path.read_text(encoding="utf-8")).items():
                 if code in merged:
                     raise ValueError(f"message {code!r} defined twice (again in {path.name})")

@@ -137,9 +137,6 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     _ACCESS_SINK = AccessSink(sys.stderr, as_json=log_format == "json")
 
 
-REQUEST_ID = web.RequestKey("request_id", str)
-
-
 class AccessSink:
     """Access lines written in batches: one write per quarter second (or 64 lines) instead of one per
     request through the logging machinery, which cost more than a whole bare aiohttp request. A process
@@ -187,7 +184,7 @@ class AccessLogger(AbstractAccessLogger):
     the `aiohttp.access` logger."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
-        request_id = request.get(REQUEST_ID, "")
+        request_id = response.headers.get("X-Request-Id", "")
         sink = _ACCESS_SINK
         if sink is None:
             fields = {"method": request.method, "path": request.path, "status": response.status,

@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .protocol.signing import SignPolicy
 from .redis import parse_redis_url
 
 DEMO_SYSNUM = "demo"
@@ -175,6 +176,15 @@ class Settings(BaseSettings):
 
     def wecom_secret_value(self) -> str | None:
         return self.wecom_secret.get_secret_value() if self.wecom_secret else None
+
+    def sign_policy(self) -> SignPolicy:
+        """The sign rules these settings configure (SPEC §3)."""
+        return SignPolicy(
+            sys_num=self.sysnum,
+            secret=self.secret_value(),
+            wecom_secret=self.wecom_secret_value(),
+            max_age_s=self.sign_max_age,
+        )
 
 
 def describe_error(error: ValidationError) -> str:

@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from sobot_panel.redis import EmbeddedRedis, connect
+from sobot_panel.settings import Settings
 
-from service.redis import EmbeddedRedis, connect
-from service.settings import Settings
-
-from .fake_enterprise import fake_enterprise  # noqa: F401  (a fixture for every test module)
+from .helpers.fake_enterprise import fake_enterprise  # noqa: F401  (a fixture for every test module)
 
 # Tests must never pick up a developer's environment or .env.
 for _name in list(os.environ):

@@ -14,19 +14,19 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-
-from service.audit import AuditKind, AuditLog, AuditRecord
-from service.audit_reader import AuditReader, Entry, iter_range, parse_time_bound, stream_stats, update_metrics
-from service.keys import Keys
-from service.observability import Metrics
-from service.redis import EmbeddedRedis, connect
-from service.spool import Spool
+from sobot_panel.audit.producer import AuditLog, AuditRecord
+from sobot_panel.audit.reader import AuditReader, Entry, iter_range, parse_time_bound, stream_stats, update_metrics
+from sobot_panel.audit.spool import Spool
+from sobot_panel.observability import Metrics
+from sobot_panel.protocol.send import SendKind
+from sobot_panel.redis import EmbeddedRedis, connect
+from sobot_panel.redis.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = Keys("t:")
 
 
-def record(n: int, *, kind: AuditKind = "order_card", at: int | None = None) -> AuditRecord:
+def record(n: int, *, kind: SendKind = "order_card", at: int | None = None) -> AuditRecord:
     return AuditRecord(
         kind=kind,
         id=f"event-{n:05d}",
@@ -123,10 +123,10 @@ async def test_redis_outage_spools_then_replays_exactly_once(
 SPOOLING_PROCESS = """
 import asyncio, sys
 from pathlib import Path
-from service.audit import AuditLog, AuditRecord
-from service.keys import Keys
-from service.redis import connect
-from service.spool import Spool
+from sobot_panel.audit.producer import AuditLog, AuditRecord
+from sobot_panel.redis.keys import Keys
+from sobot_panel.redis import connect
+from sobot_panel.audit.spool import Spool
 
 async def main() -> None:
     client = connect(sys.argv[1])

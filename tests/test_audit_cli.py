@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-
-from service.audit import AuditKind, AuditLog, AuditRecord
-from service.audit_cli import human_line, summarize
-from service.audit_reader import Entry
-from service.keys import Keys
-from service.redis import EmbeddedRedis
+from sobot_panel.audit.cli import human_line, summarize
+from sobot_panel.audit.producer import AuditLog, AuditRecord
+from sobot_panel.audit.reader import Entry
+from sobot_panel.protocol.send import SendKind
+from sobot_panel.redis import EmbeddedRedis
+from sobot_panel.redis.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = Keys()  # the contract's key, panel:audit
@@ -31,18 +31,11 @@ HEADER = ["entry_id", "kind", "id", "at", "surface", "agent", "partner_id", "uid
 
 
 def cli_command() -> list[str]:
-    try:
-        import service.cli  # noqa: F401
-    except ImportError:
-        # The full CLI imports modules that may not exist yet in a partial checkout; the audit commands
-        # do not need them and run on their own.
-        return [sys.executable, "-m", "service.audit_cli"]
-    return [sys.executable, "-m", "service"]
+    return [sys.executable, "-m", "sobot_panel"]
 
 
 def cli_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANEL_")}
-    env["PYTHONPATH"] = str(ROOT)
     env["PANEL_SYSNUM"] = "x"
     env.update(values)
     return env
@@ -60,7 +53,7 @@ def start_cli(*args: str, cwd: Path, **env: str) -> subprocess.Popen[bytes]:
     )
 
 
-def record(n: int, kind: AuditKind = "order_card", payload: str | None = None) -> AuditRecord:
+def record(n: int, kind: SendKind = "order_card", payload: str | None = None) -> AuditRecord:
     return AuditRecord(
         kind=kind,
         id=f"cli-event-{n:04d}",

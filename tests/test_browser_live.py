@@ -9,16 +9,15 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Frame, Page, expect
+from sobot_panel.appkeys import HUB
+from sobot_panel.devhost import FRAME_SIZES
+from sobot_panel.protocol.surfaces import Surface
 
-from service.devhost import FRAME_SIZES
-from service.live import HUB
-from service.surfaces import Surface
+pytest.register_assert_rewrite("tests.helpers.browser")
 
-pytest.register_assert_rewrite("tests.browser")
+from .helpers.browser import BROWSER, FakeParent, LiveServer, PanelServerFactory, sample_customer  # noqa: E402
 
-from .browser import BROWSER, FakeParent, LiveServer, PanelServerFactory, sample_customer  # noqa: E402
-
-pytest_plugins = ["tests.browser"]
+pytest_plugins = ["tests.helpers.browser"]
 pytestmark = BROWSER
 
 # Recorded inside the panel frame: every customer a push showed, and a marker that a reload would lose.

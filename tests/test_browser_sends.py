@@ -13,16 +13,15 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from playwright.async_api import FrameLocator, Locator, Page, Route, expect
+from sobot_panel.audit.producer import EVENT_ID_PATTERN
+from sobot_panel.devhost import AGENT_EMAIL, FRAME_SIZES
+from sobot_panel.directory.models import Customer
+from sobot_panel.protocol.surfaces import Surface, View
+from sobot_panel.protocol.ticket_fields import DEFAULT_TICKET_FIELDS
 
-from service.audit import EVENT_ID_PATTERN
-from service.devhost import AGENT_EMAIL, FRAME_SIZES
-from service.directory.models import Customer
-from service.surfaces import Surface, View
-from service.ticket_fields import DEFAULT_TICKET_FIELDS
+pytest.register_assert_rewrite("tests.helpers.browser")
 
-pytest.register_assert_rewrite("tests.browser")
-
-from .browser import (  # noqa: E402
+from .helpers.browser import (  # noqa: E402
     BROWSER,
     FakeParent,
     LiveServer,
@@ -36,7 +35,7 @@ from .browser import (  # noqa: E402
     wait_received,
 )
 
-pytest_plugins = ["tests.browser"]
+pytest_plugins = ["tests.helpers.browser"]
 pytestmark = BROWSER
 
 STREAM = "panel:audit"

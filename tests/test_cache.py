@@ -11,15 +11,14 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from sobot_panel.directory.cache import CustomerCache
+from sobot_panel.directory.http import HttpDirectory
+from sobot_panel.directory.models import LookupKeys, UpstreamError
+from sobot_panel.redis import EmbeddedRedis, connect
+from sobot_panel.redis.keys import Keys
 
-from service.directory.cache import CustomerCache
-from service.directory.http import HttpDirectory
-from service.directory.models import LookupKeys, UpstreamError
-from service.keys import Keys
-from service.redis import EmbeddedRedis, connect
-
-from . import fake_enterprise as enterprise
-from .fake_enterprise import TOKEN, FakeEnterprise
+from .helpers import fake_enterprise as enterprise
+from .helpers.fake_enterprise import TOKEN, FakeEnterprise
 
 fake_enterprise = enterprise.fake_enterprise  # the fixture
 

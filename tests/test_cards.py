@@ -10,19 +10,33 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from service import card_builders, cards
-from service.card_builders import (
+from sobot_panel.errors import PayloadError
+from sobot_panel.i18n import LANGS, Catalog
+from sobot_panel.protocol import card_builders, cards
+from sobot_panel.protocol.card_builders import (
     general_card_from_order,
     general_card_from_product,
     goods_card_from_product,
     order_card_from_order,
     ticket_prefill_from_order,
 )
-from service.cards import audit_kind, build_message
-from service.errors import PayloadError
-from service.i18n import LANGS, Catalog
-from service.ticket_fields import DEFAULT_TICKET_FIELDS, Option, TicketField
+from sobot_panel.protocol.cards import GENERAL_CARD, GOODS_CARD, ORDER_CARD, build_message
+from sobot_panel.protocol.ticket_fields import DEFAULT_TICKET_FIELDS, Option, TicketField
+
+
+def audit_kind(message: dict[str, Any]) -> str:
+    """CONTRACT's audit `kind` of a built message: createOrder, msgType 25/24, or 28 by cardType (SPEC §5.4).
+
+    The service records the request's own `kind`; this oracle checks that the message it built says the same."""
+    if message.get("type") == "createOrder":
+        return "ticket"
+    kinds = {ORDER_CARD: "order_card", GOODS_CARD: "goods_card"}
+    if message.get("msgType") in kinds:
+        return kinds[message["msgType"]]
+    if message.get("msgType") == GENERAL_CARD:
+        return "order_card" if json.loads(message["miniPage"]).get("cardType", 1) == 0 else "goods_card"
+    raise ValueError(f"not a Sobot card or ticket message: {sorted(message)!r}")
+
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = Catalog.load()

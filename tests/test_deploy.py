@@ -33,10 +33,8 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 from pydantic import ValidationError
-
-from service import appkeys
-from service.cli import build_parser
-from service.settings import Settings, describe_error
+from sobot_panel.cli import build_parser
+from sobot_panel.settings import Settings, describe_error
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -672,11 +670,12 @@ def test_dockerfile_runtime_contract() -> None:
     assert "sobot-panel" in scripts
     args = build_parser().parse_args(json.loads(_instruction("CMD")))
     assert (args.command, args.workers) == ("serve", 2)
-    # The code runs from /app, where web/ sits next to service/ as the package expects.
-    assert env["PYTHONPATH"] == "/app"
-    assert Path(appkeys.__file__).resolve().parent.parent / "web" == appkeys.WEB_DIR
-    copies = [shlex.split(rest)[-2:] for keyword, rest in _final_stage() if keyword == "COPY"]
-    assert ["/app/service", "/app/service"] in copies and ["web/", "/app/web/"] in copies
+    # The image runs the installed wheel, as a user would: no source tree, no PYTHONPATH trick.
+    assert "PYTHONPATH" not in env
+    builder = " ".join(rest for keyword, rest in _stages()[0][1] if keyword == "RUN")
+    assert "pip wheel" in builder and "pip install --no-deps /tmp/wheels/sobot_panel-" in builder
+    copies = [shlex.split(rest) for keyword, rest in _final_stage() if keyword == "COPY"]
+    assert copies == [["--from=builder", "/opt/venv", "/opt/venv"]]
 
 
 def _dockerignore_patterns() -> list[str]:
@@ -708,7 +707,7 @@ def test_dockerignore_keeps_the_context_small_and_complete() -> None:
             words = shlex.split(rest)
             if keyword == "COPY" and not any(word.startswith("--from") for word in words):
                 sources.update(word for word in words[:-1] if not word.startswith("--"))
-    assert {"pyproject.toml", "service/", "web/"} <= sources
+    assert {"pyproject.toml", "LICENSE", "service/", "web/"} <= sources
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: no such file"
         files = [ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*")

@@ -13,20 +13,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from playwright.async_api import Page, expect
+from sobot_panel.app import create_app
+from sobot_panel.devhost import AGENT_EMAIL
+from sobot_panel.directory.sample import load_customers
+from sobot_panel.protocol.signing import verify_sign
+from sobot_panel.protocol.surfaces import Surface, parse_query_string
+from sobot_panel.settings import Settings
 
-from service.app import create_app
-from service.appkeys import Signer
-from service.devhost import AGENT_EMAIL
-from service.directory.sample import load_customers
-from service.settings import Settings
-from service.signing import verify_sign
-from service.surfaces import Surface, parse_query_string
+pytest.register_assert_rewrite("tests.helpers.browser")
 
-pytest.register_assert_rewrite("tests.browser")
+from .helpers.browser import BROWSER, PanelServerFactory, now_ms, sample_customer, save_screenshot_path, text  # noqa: E402
 
-from .browser import BROWSER, PanelServerFactory, now_ms, sample_customer, save_screenshot_path, text  # noqa: E402
-
-pytest_plugins = ["tests.browser"]
+pytest_plugins = ["tests.helpers.browser"]
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
 
@@ -84,7 +82,7 @@ async def test_signed_context_verifies_and_finds_the_customer(
     url = urlsplit(body["url"])
     assert url.path == f"/embed/{surface.value}"
     context = parse_query_string(surface, url.query)
-    policy = Signer(make_settings(demo=True)).policy
+    policy = make_settings(demo=True).sign_policy()
     verify_sign(surface, context.fields, policy, now_ms())
     assert all(isinstance(v, str) for v in body["query"].values())
     assert context.fields == body["query"]
@@ -116,7 +114,7 @@ async def test_signed_zc_encode_and_single_view(
     assert url.path == "/embed/call/orders"
     assert "=" not in url.query.split("&")[0]  # one encodeURIComponent blob (SPEC §2.2)
     context = parse_query_string(Surface.CALL, url.query)
-    verify_sign(Surface.CALL, context.fields, Signer(make_settings(demo=True)).policy, now_ms())
+    verify_sign(Surface.CALL, context.fields, make_settings(demo=True).sign_policy(), now_ms())
     assert (await demo.get(body["url"])).status == 200
 
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from sobot_panel.assets import sample_file
+from sobot_panel.directory import plugins
+from sobot_panel.directory.http import HttpDirectory
+from sobot_panel.directory.models import Customer, Directory, LookupKeys, Order, UpstreamError
+from sobot_panel.directory.sample import SampleDirectory, load_customers
+from sobot_panel.settings import Settings
 
-from service.directory import plugins
-from service.directory.http import HttpDirectory
-from service.directory.models import Customer, Directory, LookupKeys, Order, UpstreamError
-from service.directory.sample import SAMPLE_FILE, SampleDirectory, load_customers
-from service.settings import Settings
-
-from . import fake_enterprise as enterprise
-from .fake_enterprise import TOKEN, FakeEnterprise
+from .helpers import fake_enterprise as enterprise
+from .helpers.fake_enterprise import TOKEN, FakeEnterprise
 
 fake_enterprise = enterprise.fake_enterprise  # the fixture
 
@@ -134,8 +134,8 @@ def test_every_sample_image_exists_and_is_small() -> None:
 
 
 def test_sample_file_is_where_the_package_looks() -> None:
-    assert SAMPLE_FILE == WEB / "sample" / "customers.json"
-    assert isinstance(json.loads(SAMPLE_FILE.read_text(encoding="utf-8"))["customers"], list)
+    assert sample_file("customers.json") == WEB / "sample" / "customers.json"
+    assert isinstance(json.loads(sample_file("customers.json").read_text(encoding="utf-8"))["customers"], list)
 
 
 # --- the HTTP directory against the fake enterprise ------------------------------------------

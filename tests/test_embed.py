@@ -15,17 +15,16 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-
-from service.app import create_app
-from service.observability import AccessLogger
-from service.redis import EmbeddedRedis
-from service.settings import Settings
-from service.signing import SignPolicy, sign_fields
-from service.surfaces import Surface, build_query_string
+from sobot_panel.app import create_app
+from sobot_panel.observability import AccessLogger
+from sobot_panel.protocol.signing import SignPolicy, sign_fields
+from sobot_panel.protocol.surfaces import Surface, build_query_string
+from sobot_panel.redis import EmbeddedRedis
+from sobot_panel.settings import Settings
 
 from .conftest import SECRET, SYSNUM
-from .fake_enterprise import TOKEN as ENTERPRISE_TOKEN
-from .fake_enterprise import FakeEnterprise
+from .helpers.fake_enterprise import TOKEN as ENTERPRISE_TOKEN
+from .helpers.fake_enterprise import FakeEnterprise
 
 ROOT = Path(__file__).resolve().parent.parent
 ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
@@ -162,9 +161,7 @@ async def test_postmessage_mode_shows_a_waiting_shell(client: TestClient[Any, An
     assert 'data-testid="waiting"' in await response.text()
 
 
-async def test_access_log_never_holds_the_query(
-    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_access_log_never_holds_the_query(client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture) -> None:
     query = signed(Surface.WORKBENCH)
     sign = query.split("sign=")[1].split("&")[0]
     with caplog.at_level(logging.INFO):
@@ -213,14 +210,14 @@ async def test_metrics_count_sign_failures(client: TestClient[Any, Any]) -> None
 def test_sign_command_prints_a_url_the_service_accepts(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
     env = {**os.environ, "PANEL_SYSNUM": SYSNUM, "PANEL_SECRET": SECRET, "PANEL_PUBLIC_URL": "https://panel.acme.cn"}
     done = subprocess.run(
-        [sys.executable, "-m", "service", "sign", "call", "--view", "orders", "--field", "uphone=13800000001",
+        [sys.executable, "-m", "sobot_panel", "sign", "call", "--view", "orders", "--field", "uphone=13800000001",
          "--field", "email=agent@acme.cn", "--zc-encode"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     url = done.stdout.strip()
     assert url.startswith("https://panel.acme.cn/embed/call/orders?")
-    from service.signing import verify_sign
-    from service.surfaces import parse_query_string
+    from sobot_panel.protocol.signing import verify_sign
+    from sobot_panel.protocol.surfaces import parse_query_string
 
     context = parse_query_string(Surface.CALL, url.split("?", 1)[1])
     verify_sign(Surface.CALL, context.fields, POLICY, now_ms())
@@ -276,7 +273,7 @@ async def test_upstream_down_serves_the_stale_copy_and_says_so(
     client = await aiohttp_client(create_app(settings))
     assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
     # The fresh copy goes (as after its TTL); the stale copy stays; the upstream fails.
-    from service.appkeys import KEYS, REDIS
+    from sobot_panel.appkeys import KEYS, REDIS
 
     app = client.server.app
     assert app is not None
@@ -316,7 +313,7 @@ async def test_invalidate_drops_the_cached_customer(
 async def test_an_unchanged_customer_is_rendered_once_even_when_read_again_from_redis(
     aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], fake_enterprise: FakeEnterprise
 ) -> None:
-    from service.appkeys import RENDERER
+    from sobot_panel.appkeys import CORE
 
     settings = make_settings(directory_url=fake_enterprise.url, directory_token=ENTERPRISE_TOKEN, local_cache_ttl=0)
     client = await aiohttp_client(create_app(settings))
@@ -324,10 +321,10 @@ async def test_an_unchanged_customer_is_rendered_once_even_when_read_again_from_
         assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
     app = client.server.app
     assert app is not None
-    assert (app[RENDERER].misses, app[RENDERER].hits) == (1, 2)
+    assert (app[CORE].renderer.misses, app[CORE].renderer.hits) == (1, 2)
     await client.post("/api/partners/C1001/invalidate", headers={"Authorization": "Bearer test-api-token"})
     assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
-    assert app[RENDERER].misses == 2  # a refreshed customer is rendered afresh
+    assert app[CORE].renderer.misses == 2  # a refreshed customer is rendered afresh
 
 
 async def test_a_mini_program_order_link_is_not_prefilled_into_a_url_field(client: TestClient[Any, Any]) -> None:

@@ -17,12 +17,11 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
+from sobot_panel.app import create_app
+from sobot_panel.redis import EmbeddedRedis
+from sobot_panel.settings import Settings
 
-from service.app import create_app
-from service.redis import EmbeddedRedis
-from service.settings import Settings
-
-from .live_helpers import (
+from .helpers.live import (
     boot_of,
     next_frame,
     now_ms,
@@ -164,7 +163,7 @@ async def test_invalidation_api_needs_the_token(client: TestClient[Any, Any]) ->
 
 
 def _q(partner_id: str) -> str:
-    from service.surfaces import build_query_string
+    from sobot_panel.protocol.surfaces import build_query_string
 
     return build_query_string(workbench_fields(partner_id))
 
@@ -212,7 +211,7 @@ def test_sigterm_closes_sockets_with_1001_and_exits_within_the_grace(
            "PANEL_PORT": str(port), "PANEL_DATA_DIR": str(tmp_path), "PANEL_SESSION_KEY": "k" * 32}  # fmt: skip
     grace = 8.0
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--grace", str(grace)], env=env, cwd=tmp_path,
+        [sys.executable, "-m", "sobot_panel", "serve", "--grace", str(grace)], env=env, cwd=tmp_path,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -251,4 +250,3 @@ async def _drain(port: int, process: subprocess.Popen[bytes]) -> tuple[int | Non
             assert time.monotonic() - signalled < 30
             await asyncio.sleep(0.05)
         return code, time.monotonic() - signalled
-

@@ -18,18 +18,14 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import BrowserContext, Page, expect
-
-from service import ops
-from service.app import create_app
-from service.appkeys import AUDIT, REDIS
-from service.audit import AuditRecord
-from service.audit_reader import Entry
-from service.cards import build_message
-from service.devhost import AGENT_EMAIL, FRAME_SIZES
-from service.keys import Keys
-from service.ops import FILTER_SCAN_MAX, recent_sends
-from service.ops_counters import (
-    CHINA,
+from sobot_panel.app import create_app
+from sobot_panel.appkeys import AUDIT, OPS_COUNTER, OPS_FEED, REDIS
+from sobot_panel.audit.producer import AuditRecord
+from sobot_panel.audit.reader import Entry
+from sobot_panel.clock import CHINA_TZ
+from sobot_panel.devhost import AGENT_EMAIL, FRAME_SIZES
+from sobot_panel.ops import dashboard as ops
+from sobot_panel.ops.counters import (
     DAY_MINUTES,
     Filters,
     bar_chart,
@@ -43,15 +39,18 @@ from service.ops_counters import (
     summary_text,
     windows,
 )
-from service.ops_feed import OPS_COUNTER, OPS_FEED, feed_channel
-from service.redis import EmbeddedRedis
-from service.settings import Settings
-from service.surfaces import Surface
-from service.ticket_fields import DEFAULT_TICKET_FIELDS
+from sobot_panel.ops.dashboard import FILTER_SCAN_MAX, recent_sends
+from sobot_panel.ops.feed import feed_channel
+from sobot_panel.protocol.cards import build_message
+from sobot_panel.protocol.surfaces import Surface
+from sobot_panel.protocol.ticket_fields import DEFAULT_TICKET_FIELDS
+from sobot_panel.redis import EmbeddedRedis
+from sobot_panel.redis.keys import Keys
+from sobot_panel.settings import Settings
 
-pytest.register_assert_rewrite("tests.browser")
+pytest.register_assert_rewrite("tests.helpers.browser")
 
-from .browser import (  # noqa: E402
+from .helpers.browser import (  # noqa: E402
     BROWSER,
     FakeParent,
     PanelServerFactory,
@@ -61,7 +60,7 @@ from .browser import (  # noqa: E402
     wait_received,
 )
 
-pytest_plugins = ["tests.browser"]
+pytest_plugins = ["tests.helpers.browser"]
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
 TOKEN = "test-ops-token"
@@ -222,7 +221,7 @@ def test_bar_chart_geometry() -> None:
     last = chart.bars[-1]
     assert last.height == pytest.approx(chart.plot_height * 0.8) and last.y + last.height == pytest.approx(
         chart.pad_top + chart.plot_height)  # fmt: skip
-    assert len(chart.ticks) == 6 and chart.ticks[0][1] == datetime.fromtimestamp(1000 * 60, CHINA).strftime("%H:%M")
+    assert len(chart.ticks) == 6 and chart.ticks[0][1] == datetime.fromtimestamp(1000 * 60, CHINA_TZ).strftime("%H:%M")
     assert bar_chart([], 60_000).peak is None
 
 
@@ -586,6 +585,7 @@ async def test_shutdown_closes_feeds_and_stops_the_consumer_promptly(make_settin
     async with aiohttp.ClientSession() as session:
         response = await session.get(server.make_url("/ops/feed"), headers=AUTH)
         await response.content.readline()
+
         async def joined() -> bool:
             return len(app[OPS_FEED].clients) == 1
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from service.security import (
+from sobot_panel.protocol.security import (
     SessionClaims,
     TokenBucket,
     TokenError,
@@ -61,7 +60,7 @@ def test_token_round_trip_and_binding() -> None:
     ("mutate", "code"),
     [
         pytest.param(lambda t: t[:-2] + ("AA" if t[-2:] != "AA" else "BB"), "token_invalid", id="mac-tampered"),
-        pytest.param(lambda t: "e30" + t[t.index("."):], "token_invalid", id="body-swapped"),
+        pytest.param(lambda t: "e30" + t[t.index(".") :], "token_invalid", id="body-swapped"),
         pytest.param(lambda t: t.replace(".", ""), "token_invalid", id="no-dot"),
         pytest.param(lambda t: "", "token_invalid", id="empty"),
         pytest.param(lambda t: "é." + t, "token_invalid", id="non-ascii"),

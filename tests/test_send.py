@@ -12,15 +12,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from sobot_panel.app import create_app
+from sobot_panel.directory.sample import SampleDirectory
+from sobot_panel.protocol.card_builders import order_card_from_order
+from sobot_panel.protocol.surfaces import build_query_string
+from sobot_panel.redis import EmbeddedRedis, connect
+from sobot_panel.settings import Settings
 
-from service.app import create_app
-from service.card_builders import order_card_from_order
-from service.directory.sample import SampleDirectory
-from service.redis import EmbeddedRedis, connect
-from service.settings import Settings
-from service.surfaces import build_query_string
-
-from .live_helpers import boot_of, workbench_fields
+from .helpers.live import boot_of, workbench_fields
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
 
@@ -55,7 +54,7 @@ async def test_a_valid_order_card_is_recorded_and_answered_with_the_exact_messag
     message = body["message"]
     assert message["msgType"] == 25 and message["uid"] == "u-C1001" and message["cid"] == "c-1"
     assert json.loads(message["miniPage"])["orderCode"]
-    from service.appkeys import KEYS, REDIS
+    from sobot_panel.appkeys import KEYS, REDIS
 
     app = client.server.app
     assert app is not None
@@ -92,7 +91,7 @@ async def test_invalid_payloads_are_422_naming_the_field_and_record_nothing(
     assert status == 422 and body["ok"] is False
     assert field in {problem["field"] for problem in body["problems"]}
     assert all(problem["message"] and problem["message"] != problem["code"] for problem in body["problems"])
-    from service.appkeys import KEYS, REDIS
+    from sobot_panel.appkeys import KEYS, REDIS
 
     app = client.server.app
     assert app is not None
@@ -147,7 +146,9 @@ async def _wait_for_ids(url: str, stream: str, expected: list[str], timeout: flo
 
 @pytest.mark.parametrize("restart_service", [False, True], ids=["replayed-live", "replayed-after-restart"])
 async def test_sends_during_a_redis_outage_are_spooled_and_replayed_exactly_once_in_order(
-    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], own_redis: EmbeddedRedis,
+    aiohttp_client: ClientFactory,
+    make_settings: Callable[..., Settings],
+    own_redis: EmbeddedRedis,
     restart_service: bool,
 ) -> None:
     settings = make_settings(redis_url=own_redis.url)

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import WSMsgType
-
-from service.redis import EmbeddedRedis
-from service.surfaces import build_query_string
+from sobot_panel.protocol.surfaces import build_query_string
+from sobot_panel.redis import EmbeddedRedis
 
 from .conftest import SECRET, SYSNUM
-from .live_helpers import boot_of, workbench_fields
+from .helpers.live import boot_of, workbench_fields
 
 
 def _free_port() -> int:
@@ -35,7 +34,7 @@ def test_two_workers_serve_one_port_and_drain_on_sigterm(tmp_path: Path, redis_s
            "PANEL_LOG_FORMAT": "json"}  # fmt: skip
     grace = 6.0
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--workers", "2", "--grace", str(grace)],
+        [sys.executable, "-m", "sobot_panel", "serve", "--workers", "2", "--grace", str(grace)],
         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-
-from service.settings import DEMO_SECRET, DEMO_SYSNUM, Settings, describe_error
+from sobot_panel.settings import DEMO_SECRET, DEMO_SYSNUM, Settings, describe_error
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,7 +74,7 @@ def test_sysnum_required_outside_demo() -> None:
 def test_bad_setting_stops_start_up_with_one_line(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "PANEL_DEMO": "1", "PANEL_SIGN_MAX_AGE": "abc", "HOME": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "service", "serve"], cwd=tmp_path, env=env | {"PYTHONPATH": str(ROOT)},
+        [sys.executable, "-m", "sobot_panel", "serve"], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2

@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
-from service.errors import SignError
-from service.signing import SignMode, SignPolicy, expected_sign, sign_fields, verify_sign
-from service.surfaces import Surface, build_query_string, parse_query_string
+from sobot_panel.errors import SignError
+from sobot_panel.protocol.signing import SignMode, SignPolicy, expected_sign, sign_fields, verify_sign
+from sobot_panel.protocol.surfaces import Surface, build_query_string, parse_query_string
 
 SYSNUM = "acme123"
 SECRET = "s3cr3t-key"
@@ -64,8 +63,12 @@ def verify(surface: Surface, fields: dict[str, str], policy: SignPolicy, now: in
     [
         (Surface.WORKBENCH, {"timestamp": "1", "partnerId": "P"}, SECRET_POLICY, SYSNUM + SECRET + "1P"),
         (Surface.WORKBENCH, {"timestamp": "1", "partnerId": ""}, SECRET_POLICY, SYSNUM + SECRET + "1"),
-        (Surface.CALL, {"timestamp": "1", "uphone": "138", "uemail": "e@x"}, SECRET_POLICY,
-         SYSNUM + SECRET + "1138e@x"),
+        (
+            Surface.CALL,
+            {"timestamp": "1", "uphone": "138", "uemail": "e@x"},
+            SECRET_POLICY,
+            SYSNUM + SECRET + "1138e@x",
+        ),
         (Surface.CALL, {"timestamp": "1", "uphone": "", "uemail": "e@x"}, SECRET_POLICY, SYSNUM + SECRET + "1e@x"),
         (Surface.TICKET, {"timestamp": "1", "uphone": "138"}, SECRET_POLICY, SYSNUM + SECRET + "1138"),
         (Surface.QA, {"timestamp": "1"}, SECRET_POLICY, SYSNUM + SECRET + "1"),
@@ -74,8 +77,18 @@ def verify(surface: Surface, fields: dict[str, str], policy: SignPolicy, now: in
         (Surface.WECOM, {"corpId": "c", "userId": "u", "tel": "t", "timeStamp": "9"}, LEGACY_POLICY, "cut9"),
         (Surface.WECOM, {"corpId": "c", "timeStamp": "9"}, WECOM_SECRET_POLICY, "c9wx-secret"),
     ],
-    ids=["wb", "wb-no-partner", "call", "call-no-phone", "ticket-no-email", "qa-none", "legacy", "legacy-plus",
-         "wecom", "wecom-secret"],
+    ids=[
+        "wb",
+        "wb-no-partner",
+        "call",
+        "call-no-phone",
+        "ticket-no-email",
+        "qa-none",
+        "legacy",
+        "legacy-plus",
+        "wecom",
+        "wecom-secret",
+    ],
 )
 def test_formulas(surface: Surface, fields: dict[str, str], policy: SignPolicy, formula: str) -> None:
     assert expected_sign(surface, fields, policy) == md5(formula)
@@ -134,8 +147,10 @@ def test_unsigned_fields_may_change_in_secret_mode(surface: Surface) -> None:
 
 @pytest.mark.parametrize(
     ("surface", "emptied"),
-    [(Surface.WORKBENCH, ["partnerId"])] + [(s, ["uphone"]) for s in PHONE_SURFACES]
-    + [(s, ["uemail"]) for s in PHONE_SURFACES] + [(s, ["uphone", "uemail"]) for s in PHONE_SURFACES]
+    [(Surface.WORKBENCH, ["partnerId"])]
+    + [(s, ["uphone"]) for s in PHONE_SURFACES]
+    + [(s, ["uemail"]) for s in PHONE_SURFACES]
+    + [(s, ["uphone", "uemail"]) for s in PHONE_SURFACES]
     + [(Surface.WECOM, ["wxUnionId", "wxBuildUnionId", "tel"])],
     ids=lambda v: str(v),
 )
@@ -157,8 +172,12 @@ def test_empty_fields_are_left_out_of_the_sign(surface: Surface, emptied: list[s
 @pytest.mark.parametrize("surface", list(Surface), ids=str)
 @pytest.mark.parametrize(
     ("offset_ms", "code", "minutes"),
-    [(-17 * 60_000 - 5_000, "sign_expired", 17), (-301_000, "sign_expired", 5), (+301_000, "sign_future", 5),
-     (+2 * 3600_000, "sign_future", 120)],
+    [
+        (-17 * 60_000 - 5_000, "sign_expired", 17),
+        (-301_000, "sign_expired", 5),
+        (+301_000, "sign_future", 5),
+        (+2 * 3600_000, "sign_future", 120),
+    ],
     ids=["17-min-old", "just-expired", "just-future", "2h-future"],
 )
 def test_timestamps_outside_the_window(surface: Surface, offset_ms: int, code: str, minutes: int) -> None:
@@ -203,8 +222,12 @@ def test_wecom_secret_must_be_included_when_configured() -> None:
 
 @pytest.mark.parametrize(
     ("surface", "drop", "code"),
-    [(Surface.WORKBENCH, "sign", "sign_missing"), (Surface.WORKBENCH, "timestamp", "timestamp_missing"),
-     (Surface.CALL, "timestamp", "timestamp_missing"), (Surface.WECOM, "timeStamp", "timestamp_missing")],
+    [
+        (Surface.WORKBENCH, "sign", "sign_missing"),
+        (Surface.WORKBENCH, "timestamp", "timestamp_missing"),
+        (Surface.CALL, "timestamp", "timestamp_missing"),
+        (Surface.WECOM, "timeStamp", "timestamp_missing"),
+    ],
     ids=["no-sign", "wb-no-ts", "call-no-ts", "wecom-no-ts"],
 )
 def test_missing_sign_or_timestamp(surface: Surface, drop: str, code: str) -> None:

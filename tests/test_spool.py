@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from service.spool import Spool, SpoolFull, SpoolUnavailable
+from sobot_panel.audit.spool import Spool, SpoolFull, SpoolUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,7 +156,7 @@ def test_disk_full_mid_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.
 WRITER = """
 import os, sys
 from pathlib import Path
-from service.spool import Spool
+from sobot_panel.audit.spool import Spool
 spool = Spool(Path(sys.argv[1]))
 for n in range(int(sys.argv[2])):
     spool.append({"id": f"dead-{n}", "at": str(n)})
@@ -197,7 +196,7 @@ def test_a_live_process_keeps_its_file_until_it_dies(tmp_path: Path) -> None:
 REPLAYING_WRITER = """
 import json, os, sys
 from pathlib import Path
-from service.spool import Spool
+from sobot_panel.audit.spool import Spool
 directory, name, total, out = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 spool = Spool(directory)
 with open(out, "a") as replayed:

@@ -7,10 +7,9 @@ from urllib.parse import quote
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from service.errors import NotFound, PanelError, QueryError
-from service.signing import SignPolicy, sign_fields, verify_sign
-from service.surfaces import (
+from sobot_panel.errors import NotFound, PanelError, QueryError
+from sobot_panel.protocol.signing import SignPolicy, sign_fields, verify_sign
+from sobot_panel.protocol.surfaces import (
     MODELS,
     CallContext,
     IvrStep,
@@ -62,7 +61,7 @@ def test_workbench_types() -> None:
 
 def test_vendor_url_form_with_leading_ampersand_and_raw_json() -> None:
     """SPEC §4: `url?&params={"key":"value"}&partnerid=zc&uid=xxx`, as the browser sends it."""
-    raw = '&params=%7B%22key%22:%22value%22%7D&partnerid=zc&uid=xxx'
+    raw = "&params=%7B%22key%22:%22value%22%7D&partnerid=zc&uid=xxx"
     context = parse_query_string(Surface.WORKBENCH, raw)
     assert context.partner_id == "zc" and context.user_id == "xxx" and context.params == {"key": "value"}
 

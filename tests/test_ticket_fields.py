@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from service.ticket_fields import (
+from sobot_panel.protocol.ticket_fields import (
     DEFAULT_TICKET_FIELDS,
     Option,
     TicketField,

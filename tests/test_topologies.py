@@ -25,30 +25,21 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
+from sobot_panel.app import create_app
+from sobot_panel.appkeys import AUDIT, KEYS, REDIS
+from sobot_panel.audit.producer import AuditLog, AuditRecord
+from sobot_panel.audit.reader import AuditReader
+from sobot_panel.protocol.surfaces import build_query_string
+from sobot_panel.redis import RedisClient, connect, connect_any, keys_for, parse_redis_url, pubsub_for
+from sobot_panel.redis.clients import SentinelMaster
+from sobot_panel.redis.cluster import ClusterClient, connect_cluster
+from sobot_panel.redis.keys import Keys, hash_tag
+from sobot_panel.settings import Settings, describe_error
 
-from service.app import create_app
-from service.appkeys import AUDIT, KEYS, REDIS
-from service.audit import AuditLog, AuditRecord
-from service.audit_reader import AuditReader
-from service.keys import Keys, hash_tag
-from service.redis import (
-    ClusterClient,
-    RedisClient,
-    SentinelMaster,
-    connect,
-    connect_any,
-    connect_cluster,
-    keys_for,
-    parse_redis_url,
-    pubsub_for,
-)
-from service.settings import Settings, describe_error
-from service.surfaces import build_query_string
-
-from . import redis_topologies
 from .conftest import SECRET, SYSNUM
-from .live_helpers import AGENT, boot_of, next_frame, workbench_fields
-from .redis_topologies import RedisClusterSet, SentinelSet, TlsRedis
+from .helpers import redis_topologies
+from .helpers.live import AGENT, boot_of, next_frame, workbench_fields
+from .helpers.redis_topologies import RedisClusterSet, SentinelSet, TlsRedis
 
 # The session-wide servers (each starts on first use).
 tls_certificates = redis_topologies.tls_certificates

@@ -9,9 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-
-from service.keys import Keys
-from service.wecom import QUERY_SECRET_PATH, WecomSecretClient, WecomSecretError
+from sobot_panel.panel.wecom import QUERY_SECRET_PATH, WecomSecretClient, WecomSecretError
+from sobot_panel.redis.keys import Keys
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 

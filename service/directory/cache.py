@@ -27,18 +27,16 @@ from functools import partial
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from redis.exceptions import RedisError
 
-from ..keys import Keys
-from ..redis import RedisClient
+from ..redis import REDIS_DOWN, RedisClient
+from ..redis.keys import Keys
 from .models import Customer, Directory, LookupKeys, UpstreamError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# OSError covers ConnectionError and the builtin TimeoutError (which asyncio.timeout raises).
-REDIS_ERRORS = (RedisError, OSError)
+
 ENVELOPE_VERSION = 1
 LOCK_MS = 3000  # how long one replica may hold the right to fill a key
 REDIS_OP_TIMEOUT = 1.0  # seconds for one Redis round trip on the page path
@@ -209,7 +207,7 @@ class CustomerCache:
                     filled = await self._await_other(alias)
                     if filled is not None:
                         return filled
-            except REDIS_ERRORS as error:
+            except REDIS_DOWN as error:
                 use_redis = self._redis_failed(error)
         try:
             customer = await self._directory.lookup(key, value)
@@ -224,7 +222,7 @@ class CustomerCache:
         if use_redis:
             try:
                 await self._store(alias, customer, lock_token)
-            except REDIS_ERRORS as error:
+            except REDIS_DOWN as error:
                 use_redis = self._redis_failed(error)
         return self._remember(alias, customer, "upstream" if use_redis else "bypass")
 
@@ -235,7 +233,7 @@ class CustomerCache:
                 cached = await self._read(self._keys.customer(alias))
                 if cached is not None:
                     return self._remember(alias, cached.c, "redis")
-            except REDIS_ERRORS as error:
+            except REDIS_DOWN as error:
                 self._redis_failed(error)
         stale = await self._stale(alias, self._redis_up())
         return _Answer(stale, "stale", stale=True) if stale is not None else None
@@ -264,7 +262,7 @@ class CustomerCache:
                 cached = await self._read(self._stale_key(alias))
                 if cached is not None and cached.c is not None:
                     return cached.c
-            except REDIS_ERRORS as error:
+            except REDIS_DOWN as error:
                 self._redis_failed(error)
         entry = self._local.get(alias)
         return entry.customer if entry is not None else None
@@ -327,7 +325,7 @@ class CustomerCache:
     async def _release(self, alias: str, lock_token: str) -> None:
         try:
             await self._op(self._redis.eval(_RELEASE_LOCK, 1, self._keys.customer_lock(alias), lock_token))
-        except REDIS_ERRORS as error:
+        except REDIS_DOWN as error:
             self._redis_failed(error)
 
     def _redis_up(self) -> bool:

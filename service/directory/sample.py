@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..assets import sample_file
 from .models import LOOKUP_NAMES, Customer
 
-SAMPLE_FILE = Path(__file__).resolve().parents[2] / "web" / "sample" / "customers.json"
 
-
-def load_customers(path: Path = SAMPLE_FILE) -> list[Customer]:
-    """The customers of a sample file: `{"customers": [...]}` in the shape of the customer API."""
+def load_customers(path: Path | None = None) -> list[Customer]:
+    """The customers of a sample file (the shipped one by default): `{"customers": [...]}` in the shape of
+    the customer API."""
+    path = path or sample_file("customers.json")
     data = json.loads(path.read_text(encoding="utf-8"))
     return [Customer.model_validate(item) for item in data["customers"]]
 
@@ -27,7 +28,7 @@ def _normalize(key: str, value: str) -> str:
 class SampleDirectory:
     """Looks customers up by partnerId, phone, email (case-insensitive), uid or unionId."""
 
-    def __init__(self, path: Path = SAMPLE_FILE) -> None:
+    def __init__(self, path: Path | None = None) -> None:
         self.customers = load_customers(path)
         self._index: dict[str, dict[str, Customer]] = {name: {} for name in LOOKUP_NAMES}
         for customer in self.customers:

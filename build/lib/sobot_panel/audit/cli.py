@@ -1,0 +1,329 @@
+"""`sobot-panel audit tail | export`: read the audit stream from a terminal.
+
+`tail` follows the stream through a consumer group (default `cli`), so several terminals with the same
+group share the work and nothing is missed between runs: every entry is printed, then acked. Entries
+that `--kind` filters out are acked too (the group has "seen" them; use another `--group` to read
+them again). `--from-start` only matters when the group is created: it then starts at the first entry
+instead of at new ones. Ctrl-C or SIGTERM stops it cleanly within a second.
+
+`export` pages through the stream by ID (no group, nothing acked) as JSON lines or CSV. The CSV is
+UTF-8 with a byte-order mark, so Excel opens Chinese text correctly; values are written verbatim (an
+audit copy), with the header `entry_id,kind,id,at,surface,agent,partner_id,uid,cid,payload`.
+
+Both read `PANEL_REDIS_URL`; when it is unset they use the embedded redis-server of a running
+`sobot-panel serve` (its unix socket under `PANEL_DATA_DIR/redis/`).
+
+This module does not import the web application, so it runs wherever the settings do; it is also
+runnable on its own: `python -m sobot_panel.audit.cli audit tail ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from ..clock import CHINA_TZ
+from ..redis import REDIS_DOWN, RedisClient, connect_any, keys_for
+from ..redis.keys import Keys
+from ..settings import Settings, describe_error, load_settings
+from .producer import FIELD_ORDER
+from .reader import AuditReader, Entry, iter_range, parse_time_bound
+
+KINDS = ("ticket", "order_card", "goods_card")
+CSV_HEADER = ("entry_id", *FIELD_ORDER)
+# Keep a blocking read below the client's 2 s socket timeout, and Ctrl-C answered within a second.
+TAIL_BLOCK_MS = 1000
+_DESCRIPTION = (__doc__ or "").split("\n\nThis module")[0]
+
+
+class CliError(Exception):
+    """One line for the operator, then exit status `code`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the `audit` sub-commands on the CLI's sub-parser collection."""
+    audit = commands.add_parser("audit", help="read the audit stream (tail, export)", description=_DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    actions = audit.add_subparsers(dest="audit_command", required=True)
+
+    tail = actions.add_parser("tail", help="follow the stream through a consumer group, acking what it prints")
+    tail.add_argument("--group", default="cli", help="consumer group (default: cli)")
+    tail.add_argument("--consumer", help="consumer name (default: hostname-pid)")
+    tail.add_argument("--kind", action="append", choices=KINDS, help="print only this kind (repeatable); "
+                      "the others are acked without printing")  # fmt: skip
+    tail.add_argument("--json", action="store_true", help="print each record as one JSON object")
+    tail.add_argument(
+        "--from-start", action="store_true", help="a new group starts at the first entry, not at new ones"
+    )
+    tail.add_argument("--count", type=int, help="exit after printing this many entries")
+    tail.set_defaults(run=cmd_tail)
+
+    export = actions.add_parser("export", help="write a range of the stream as JSON lines or CSV")
+    export.add_argument(
+        "--since",
+        default="-",
+        help="2026-11-24, 2026-11-24T10:00 (China time unless an offset is given), -1h, -2d, "
+        "a ms timestamp or a stream ID (default: the first entry)",
+    )
+    export.add_argument("--until", default="+", help="same forms; a date alone includes that whole day (default: now)")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="default: jsonl")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    export.set_defaults(run=cmd_export)
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    return _run(_tail_main, args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    return _run(_export_main, args)
+
+
+def _run(main: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], args: argparse.Namespace) -> int:
+    try:
+        return int(asyncio.run(main(args)))
+    except CliError as error:
+        print(f"sobot-panel: {error}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        return 130
+
+
+async def _tail_main(args: argparse.Namespace) -> int:
+    if args.count is not None and args.count < 1:
+        raise CliError("--count must be at least 1", 2)
+    settings = _load_settings()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    redis, keys = _connect(settings)
+    try:
+        reader = AuditReader(
+            redis, keys, args.group, args.consumer or f"{socket.gethostname()}-{os.getpid()}",
+            claim_idle_ms=settings.audit_claim_idle_ms, dead_after=settings.audit_dead_after,
+        )  # fmt: skip
+        await tail(reader, sys.stdout, stop, kinds=args.kind, as_json=args.json, count=args.count,
+                   from_start=args.from_start)  # fmt: skip
+    except REDIS_DOWN as error:
+        raise CliError(f"Redis unavailable: {error}") from None
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`): stop quietly.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    finally:
+        await redis.aclose()
+    return 0
+
+
+def _connect(settings: Settings) -> tuple[RedisClient, Keys]:
+    """The client and key names the service itself uses for these settings (Cluster keys hash-tagged)."""
+    url = redis_url(settings)
+    client = connect_any(url, cluster=settings.redis_cluster, tls_ca=settings.redis_tls_ca)
+    return client, keys_for(settings.redis_prefix, url, cluster=settings.redis_cluster)
+
+
+async def tail(
+    reader: AuditReader,
+    out: TextIO,
+    stop: asyncio.Event,
+    *,
+    kinds: Sequence[str] | None = None,
+    as_json: bool = False,
+    count: int | None = None,
+    from_start: bool = False,
+) -> int:
+    """Print entries as they arrive and ack each batch once printed; returns how many were printed."""
+    await reader.ensure_group("0" if from_start else "$")
+    printed = 0
+    while not stop.is_set() and (count is None or printed < count):
+        # Never take more than is left to print, so nothing is acked that was not shown.
+        entries = await reader.read(count=100 if count is None else min(100, count - printed), block_ms=TAIL_BLOCK_MS)
+        for entry in entries:
+            if kinds and entry.fields.get("kind") not in kinds:
+                continue
+            out.write((json.dumps(entry_json(entry), ensure_ascii=False) if as_json else human_line(entry)) + "\n")
+            printed += 1
+        out.flush()
+        await reader.ack(entry.entry_id for entry in entries)
+    await reader.leave()
+    return printed
+
+
+async def _export_main(args: argparse.Namespace) -> int:
+    try:
+        start = parse_time_bound(args.since)
+        end = parse_time_bound(args.until, end=True)
+    except ValueError as error:
+        raise CliError(str(error), 2) from None
+    settings = _load_settings()
+    redis, keys = _connect(settings)
+    encoding = "utf-8-sig" if args.format == "csv" else "utf-8"
+    try:
+        if args.output is None:
+            out = io.TextIOWrapper(sys.stdout.buffer, encoding=encoding, newline="")
+            try:
+                written = await export(redis, keys, start, end, args.format, out)
+                out.flush()
+            finally:
+                out.detach()
+        else:
+            # Written aside and renamed when complete: a file under the final name is never half an export.
+            partial = args.output.with_name(args.output.name + ".part")
+            with partial.open("w", encoding=encoding, newline="") as out:
+                written = await export(redis, keys, start, end, args.format, out)
+            partial.replace(args.output)
+            print(f"exported {written} entries to {args.output}", file=sys.stderr)
+    except REDIS_DOWN as error:
+        raise CliError(f"Redis unavailable: {error}") from None
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    finally:
+        await redis.aclose()
+    return 0
+
+
+async def export(redis: RedisClient, keys: Keys, start: str, end: str, fmt: str, out: TextIO) -> int:
+    """Write every entry with a stream ID in [start, end] to `out`; returns how many."""
+    writer = csv.writer(out) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(CSV_HEADER)
+    written = 0
+    async for entry in iter_range(redis, keys, start, end):
+        if writer is not None:
+            writer.writerow([entry.entry_id, *(entry.fields.get(name, "") for name in FIELD_ORDER)])
+        else:
+            out.write(json.dumps(entry_json(entry), ensure_ascii=False) + "\n")
+        written += 1
+    return written
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
+    """The record as JSON (`at` a number), with its `entry_id`; raw fields for an entry of another writer."""
+    try:
+        return {"entry_id": entry.entry_id, **entry.record.model_dump()}
+    except ValidationError:
+        return {"entry_id": entry.entry_id, **entry.fields}
+
+
+def human_line(entry: Entry) -> str:
+    """`2026-11-24 10:00:01  order_card  agent@acme.com  partner=P1001  order A123 ¥10.00 ×2` (China time)."""
+    fields = entry.fields
+    at = fields.get("at", "")
+    when = datetime.fromtimestamp(int(at) / 1000, CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S") if at.isdigit() else "?"
+    parts = [when, fields.get("kind", "?"), fields.get("agent", "") or "-"]
+    if fields.get("partner_id"):
+        parts.append(f"partner={fields['partner_id']}")
+    parts.append(summarize(fields.get("kind", ""), fields.get("payload", "")))
+    return "  ".join(parts)
+
+
+def summarize(kind: str, payload: str, width: int = 80) -> str:
+    """A few words about what was sent (SPEC §5): the ticket title, the order number and amount, the goods."""
+    try:
+        message = json.loads(payload)
+        text = _summary(message) if isinstance(message, dict) else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        text = None
+    text = " ".join((text or payload).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _summary(message: dict[str, Any]) -> str | None:
+    if message.get("type") == "createOrder":  # SPEC §5.1
+        params = message.get("params") or {}
+        title = params.get("card_title") or ", ".join(f"{k}={v}" for k, v in list(params.items())[:3])
+        return f"ticket {title}"
+    page = message.get("miniPage")
+    card = json.loads(page) if isinstance(page, str) else page
+    if not isinstance(card, dict):
+        return None
+    msg_type = message.get("msgType")
+    if msg_type == 25:  # SPEC §5.2: totalFee in fen
+        fee = str(card.get("totalFee", ""))
+        amount = f" ¥{int(fee) / 100:.2f}" if fee.isdigit() else ""
+        count = f" ×{card['goodsCount']}" if card.get("goodsCount") not in (None, "") else ""
+        return f"order {card.get('orderCode', '')}{amount}{count}"
+    if msg_type == 24:  # SPEC §5.3
+        return f"goods {card.get('title', '')} {card.get('label', '')}".rstrip()
+    if msg_type == 28:  # SPEC §5.4
+        small = (card.get("customCards") or [{}])[0]
+        name = small.get("customCardName", "") or card.get("cardDesc", "")
+        code = small.get("customCardCode", "")
+        return f"{'order' if card.get('cardType') == 0 else 'goods'} card {code} {name}".replace("  ", " ").strip()
+    return None
+
+
+# --- connection ------------------------------------------------------------------------------------
+
+
+def _load_settings() -> Settings:
+    try:
+        return load_settings()
+    except ValidationError as error:
+        raise CliError(f"bad setting: {describe_error(error)}", 2) from None
+
+
+def embedded_socket(settings: Settings) -> Path:
+    """Where `sobot-panel serve` puts its embedded redis-server's socket (see `sobot_panel.redis.EmbeddedRedis`)."""
+    return settings.data_dir.resolve() / "redis" / "redis.sock"
+
+
+def redis_url(settings: Settings) -> str:
+    """`PANEL_REDIS_URL`, else the embedded server's socket if a server answers there, else a clear error."""
+    if settings.redis_url:
+        return settings.redis_url
+    path = embedded_socket(settings)
+    if _answers(path):
+        return f"unix://{path}"
+    raise CliError(
+        f"no Redis: PANEL_REDIS_URL is not set and no embedded redis-server answers at {path} "
+        "(start `sobot-panel serve` with the same PANEL_DATA_DIR, or set PANEL_REDIS_URL)"
+    )
+
+
+def _answers(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(1.0)
+            conn.connect(str(path))
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sobot_panel.audit.cli audit ...`: the same commands without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="sobot-panel")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""`GET /ws`: the panel's websocket. Each incoming frame is typed once (`frames.parse_frame`) and handled
+by the one handler registered for its type.
+
+A panel opens `/ws?token=…` with the session token its page carried. A relayed `query` is verified with
+exactly the rules of a page load; a failing one gets an error frame and the panel keeps the customer it
+had.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from ..appkeys import CORE, HUB, SETTINGS
+from ..errors import Code, PanelError
+from ..i18n import pick_lang
+from ..protocol.security import TokenError, origin_allowed
+from ..protocol.surfaces import Surface, View
+from .frames import IncomingFrame, PingFrame, ResyncFrame, SelectedFrame, frame_id, parse_frame, selected_fields
+from .hub import Connection, LiveHub
+
+MAX_FRAME_BYTES = 16 * 1024
+HEARTBEAT_S = 25.0
+
+
+def _origin_ok(request: web.Request) -> bool:
+    """The socket is opened by our own page, so its Origin is ours (or a configured public URL)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser: the token alone decides
+    settings = request.app[SETTINGS]
+    own = f"{request.scheme}://{request.host}"
+    forwarded = request.headers.get("X-Forwarded-Proto")
+    candidates = {own, settings.base_url}
+    if forwarded:
+        candidates.add(f"{forwarded}://{request.host}")
+    return origin in candidates or origin_allowed(origin, settings.origin_patterns)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    hub = app[HUB]
+    if hub.closing:
+        raise web.HTTPServiceUnavailable(text="shutting down", headers={"Retry-After": "1"})
+    if not _origin_ok(request):
+        raise web.HTTPForbidden(text="origin not allowed")
+    try:
+        claims = app[CORE].session(request.query.get("token", ""))
+        surface = Surface(claims.surface)
+    except (TokenError, ValueError):
+        raise web.HTTPUnauthorized(text="invalid or expired token") from None
+    lang = pick_lang(request.query.get("lang"), request.headers.get("Accept-Language"))
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES * 4)
+    await ws.prepare(request)
+    conn = Connection(ws=ws, surface=surface, lang=lang, claims=claims, partner_id=claims.partner_id)
+    hub.add(conn)
+    try:
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                await handle_text(app, hub, conn, message.data)
+            elif message.type is WSMsgType.BINARY:
+                await hub.send_error(conn, PanelError(Code.FRAME_NOT_JSON), None)
+    finally:
+        hub.remove(conn)
+    return ws
+
+
+async def handle_text(app: web.Application, hub: LiveHub, conn: Connection, data: str) -> None:
+    if len(data) > MAX_FRAME_BYTES:
+        await hub.send_error(conn, PanelError(Code.FRAME_TOO_LARGE), None)
+        return
+    if not conn.bucket.take(time.monotonic()):
+        await hub.send_error(conn, PanelError(Code.RATE_LIMITED), frame_id(data))  # which relay was refused
+        return
+    try:
+        frame = parse_frame(data)
+    except PanelError as error:
+        await hub.send_error(conn, error, None)
+        return
+    await HANDLERS[type(frame)](app, hub, conn, frame)
+
+
+def _view(name: str | None) -> View | None:
+    try:
+        return View(name) if name else None
+    except ValueError:
+        return None
+
+
+async def on_selected(app: web.Application, hub: LiveHub, conn: Connection, frame: SelectedFrame) -> None:
+    conn.view = _view(frame.view)
+    async with conn.lock:
+        try:
+            context = app[CORE].verify_fields(conn.surface, selected_fields(frame))
+            if conn.claims.agent and context.agent and context.agent != conn.claims.agent:
+                raise PanelError(Code.AGENT_MISMATCH)
+            await hub.push_panel(conn, context, frame.id)
+        except PanelError as error:
+            await hub.send_error(conn, error, frame.id)
+
+
+async def on_resync(app: web.Application, hub: LiveHub, conn: Connection, frame: ResyncFrame) -> None:
+    conn.view = _view(frame.view)
+    await hub.resync(conn, frame.id)
+
+
+async def on_ping(app: web.Application, hub: LiveHub, conn: Connection, frame: PingFrame) -> None:
+    """A pong; past half its life the session is renewed, so a long-lived panel never holds a dead token."""
+    pong: dict[str, Any] = {"type": "pong"}
+    renewed = app[CORE].renewed(conn.claims)
+    if renewed is not None:
+        conn.claims, pong["token"] = renewed
+    await conn.send(pong)
+
+
+# One handler per frame type; each takes the frame of its own type.
+HANDLERS: dict[type[IncomingFrame], Callable[..., Awaitable[None]]] = {
+    SelectedFrame: on_selected,
+    ResyncFrame: on_resync,
+    PingFrame: on_ping,
+}

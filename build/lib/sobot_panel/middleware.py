@@ -1,0 +1,63 @@
+"""The two middlewares every request passes: observation (request id, metrics, security headers) and
+errors (every failure an agent can meet becomes a small page in their language, never a traceback)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .appkeys import CSP, METRICS, REQUEST_ID
+from .errors import Code, PanelError
+from .observability import monotonic
+from .panel.pages import error_response, not_found_error
+
+log = logging.getLogger("sobot_panel")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, metrics, and the security headers every response carries (one layer for all three)."""
+    request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+    request[REQUEST_ID] = request_id
+    started = monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", request.app[CSP])
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
+        headers["X-Request-Id"] = request_id
+        return response
+    except web.HTTPException as error:
+        status = error.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].request_done(route, status, monotonic() - started)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure an agent can meet becomes a small page in their language; never a traceback."""
+    try:
+        return await handler(request)
+    except PanelError as error:
+        return error_response(request, error)
+    except web.HTTPNotFound:
+        return error_response(request, not_found_error(request))
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(request, PanelError(Code.INTERNAL_ERROR), status=500)

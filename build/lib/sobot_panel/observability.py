@@ -1,0 +1,207 @@
+"""Metrics (Prometheus, one registry per app), structured logs, and the access log.
+
+The access log prints the path without its query string: a query carries signs and identities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self.requests = Counter(
+            "panel_http_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "panel_http_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.sign_failures = Counter(
+            "panel_sign_failures", "Requests refused by sign verification, by reason", ["reason"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.cache_lookups = Counter(
+            "panel_cache_lookups", "Customer look-ups by where they were answered", ["source"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.upstream_calls = Counter(
+            "panel_upstream_calls", "Calls to the enterprise customer API by outcome", ["outcome"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.upstream_latency = Histogram(
+            "panel_upstream_seconds", "Latency of the enterprise customer API", registry=self.registry
+        )
+        self.sends = Counter(
+            "panel_sends", "Cards and tickets sent, by kind and result", ["kind", "result"], registry=self.registry
+        )
+        self.websockets = Gauge(
+            "panel_websockets_open", "Open panel websockets", registry=self.registry, multiprocess_mode="livesum"
+        )
+        self.audit_stream_length = Gauge(
+            "panel_audit_stream_length", "Entries in the audit stream", registry=self.registry, multiprocess_mode="max"
+        )
+        self.audit_dead_letter_length = Gauge(
+            "panel_audit_dead_letter_length",
+            "Entries in the audit dead-letter stream",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.audit_group_pending = Gauge(
+            "panel_audit_group_pending", "Audit entries delivered to a consumer group and not acked", ["group"],
+            registry=self.registry, multiprocess_mode="max",
+        )  # fmt: skip
+        self.audit_group_lag = Gauge(
+            "panel_audit_group_lag", "Audit entries not yet delivered to a consumer group", ["group"],
+            registry=self.registry, multiprocess_mode="max",
+        )  # fmt: skip
+        self.audit_spool_records = Gauge(
+            "panel_audit_spool_records", "Audit records on local disk waiting for Redis (whole host)",
+            registry=self.registry, multiprocess_mode="max",
+        )  # fmt: skip
+        self.audit_spool_bytes = Gauge(
+            "panel_audit_spool_bytes",
+            "Bytes of the local audit spool (whole host)",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format. Under `serve --workers N` every worker writes its values to the
+        directory prometheus_client's multiprocess mode names (set by the supervisor), and any worker's
+        /metrics answers for all of them; otherwise this process's registry."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))
+
+    def request_done(self, route: str, status: int, seconds: float) -> None:
+        """Count and time one request; the labelled children are looked up once per route and status."""
+        key = (route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_upstream(self, seconds: float, outcome: str) -> None:
+        self.upstream_calls.labels(outcome).inc()
+        self.upstream_latency.observe(seconds)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            entry.update(extra)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(log_format: str, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    global _ACCESS_SINK
+    _ACCESS_SINK = AccessSink(sys.stderr, as_json=log_format == "json")
+
+
+class AccessSink:
+    """Access lines written in batches: one write per quarter second (or 64 lines) instead of one per
+    request through the logging machinery, which cost more than a whole bare aiohttp request. A process
+    killed with SIGKILL may lose its last quarter second of access lines; application logs are unaffected."""
+
+    FLUSH_AFTER_S = 0.25
+    FLUSH_LINES = 64
+
+    def __init__(self, stream: TextIO, *, as_json: bool) -> None:
+        self._stream = stream
+        self.as_json = as_json
+        self._lines: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        atexit.register(self.flush)
+
+    def write(self, line: str) -> None:
+        self._lines.append(line)
+        if len(self._lines) >= self.FLUSH_LINES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(self.FLUSH_AFTER_S, self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            text = "\n".join(self._lines) + "\n"
+            self._lines.clear()
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.write(text)
+                self._stream.flush()
+
+
+_ACCESS_SINK: AccessSink | None = None
+
+
+class AccessLogger(AbstractAccessLogger):
+    """method, path (never the query), status, duration, request id.
+
+    Under `serve` the lines go to the batched `AccessSink`; elsewhere (tests, embedding apps) through
+    the `aiohttp.access` logger."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
+        request_id = response.headers.get("X-Request-Id", "")
+        sink = _ACCESS_SINK
+        if sink is None:
+            fields = {"method": request.method, "path": request.path, "status": response.status,
+                      "ms": round(elapsed * 1000, 2), "request_id": request_id}  # fmt: skip
+            self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, elapsed * 1000,
+                             extra={"fields": fields})  # fmt: skip
+            return
+        if sink.as_json:
+            sink.write(json.dumps({"ts": round(time.time(), 3), "level": "info", "logger": "aiohttp.access",
+                                   "method": request.method, "path": request.path, "status": response.status,
+                                   "ms": round(elapsed * 1000, 2), "request_id": request_id},
+                                  ensure_ascii=False))  # fmt: skip
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            sink.write(f"{stamp} INFO aiohttp.access: {request.method} {request.path} {response.status} "
+                       f"{elapsed * 1000:.1f}ms {request_id}")  # fmt: skip
+
+
+def monotonic() -> float:
+    return time.perf_counter()

@@ -1,0 +1,236 @@
+"""Rendering panels: the per-request header, the customer's views (cached), and the page around them.
+
+A panel is three parts. The header (agent, the surface's own fields such as callId or the IVR trail)
+changes with every conversation and is rendered per request; it is small. The customer's views
+(profile, orders with their ready cards, tickets, the new-ticket form) depend only on the customer
+object, the language and the view, so they are rendered once and kept in a bounded in-process LRU
+keyed by the customer object itself: the directory cache hands out the same object until the customer
+changes or is invalidated, so a new object means a new render and nothing stale is ever shown.
+Sobot's `params` (per conversation) are rendered separately and put in at a marker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Any
+
+import jinja2
+from markupsafe import Markup, escape
+
+from ..clock import china_time
+from ..directory.models import Customer
+from ..i18n import Catalog, Lang
+from ..protocol.card_builders import (
+    general_card_from_order,
+    general_card_from_product,
+    goods_card_from_product,
+    order_card_from_order,
+    ticket_prefill_from_order,
+)
+from ..protocol.surfaces import Surface, SurfaceContext, View
+from ..protocol.ticket_fields import TicketField, is_http_url
+
+LAYOUT = {
+    Surface.WORKBENCH: "column",
+    Surface.CUSTOMER: "wide",
+    Surface.QA: "wide",
+    Surface.MONITOR: "wide",
+    Surface.TICKET: "wide",
+    Surface.CALL: "call",
+    Surface.CALL_TASK: "call",
+    Surface.WECOM: "mobile",
+}
+PARAMS_MARK = "<!--panel:params-->"
+# What panel.js itself says (everything else arrives already translated from the server). Sending
+# only these keeps the page small: the whole catalog was half of a panel's bytes.
+SCRIPT_MESSAGES = ("sending", "sent", "sent_again", "audit_spooled", "ticket_sent", "parent_not_allowed",
+                   "network_error", "reconnecting", "internal_error", "payload_invalid")  # fmt: skip
+_BOOT_MARK = "\x00boot\x00"
+_BODY_MARK = "<!--\x00body\x00-->"
+VIEWS = [v.value for v in View]
+
+
+def yuan(fen: int | str) -> str:
+    value = int(fen)
+    return f"¥{value // 100:,}.{value % 100:02d}" if value >= 0 else f"-{yuan(-value)}"
+
+
+def ms_datetime(ms: int | None) -> str:
+    return china_time(ms or 0)
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def script_json(value: Any) -> Markup:
+    """JSON safe inside `<script type="application/json">`: no `<`, `>` or `&` can end the element."""
+    text = compact_json(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return Markup(text)
+
+
+def customer_prefill(customer: Customer) -> dict[str, str]:
+    """Values for ticket fields whose `prefill` names a customer attribute (`customer.name`, ...)."""
+    values = {
+        "customer.name": customer.name,
+        "customer.phone": customer.phone,
+        "customer.email": customer.email,
+        "customer.partnerId": customer.partnerId,
+        "customer.level": customer.level,
+    }
+    values.update({f"customer.attributes.{k}": v for k, v in customer.attributes.items()})
+    return values
+
+
+class Renderer:
+    """Everything needed to render a panel, built once per app."""
+
+    def __init__(
+        self,
+        jinja: jinja2.Environment,
+        catalog: Catalog,
+        ticket_fields: list[TicketField],
+        *,
+        base_url: str,
+        card_format: str,
+        cache_size: int = 4096,
+    ) -> None:
+        self._jinja = jinja
+        self._catalog = catalog
+        self._ticket_fields = ticket_fields
+        self._field_types = {field.id: field.type for field in ticket_fields}
+        self._base_url = base_url
+        self._v6 = card_format == "v6"
+        self._cache_size = cache_size
+        self._views: OrderedDict[tuple[int, Lang, str | None], tuple[Customer, str, tuple[bytes, bytes]]] = (
+            OrderedDict()
+        )
+        self._messages = {
+            lang: script_json({code: catalog.text(code, lang) for code in SCRIPT_MESSAGES}) for lang in ("zh", "en")
+        }
+        self._shells: dict[tuple[Lang, str, str, bool], tuple[bytes, bytes, bytes]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def t(self, lang: Lang) -> Any:
+        catalog = self._catalog
+
+        def translate(code: str, **params: object) -> str:
+            return catalog.text(code, lang, **params)
+
+        return translate
+
+    def messages(self, lang: Lang) -> Markup:
+        return self._messages[lang]
+
+    # the customer's views, cached ----------------------------------------------------------
+
+    def customer_views(self, customer: Customer, lang: Lang, view: View | None) -> str:
+        return self._customer_views(customer, lang, view)[0]
+
+    def _customer_views(self, customer: Customer, lang: Lang, view: View | None) -> tuple[str, tuple[bytes, bytes]]:
+        """The views as text, and as UTF-8 bytes split at the params marker (pages are assembled as bytes)."""
+        key = (id(customer), lang, view.value if view else None)
+        cached = self._views.get(key)
+        # Holding the customer in the entry keeps its id from being reused while the entry lives.
+        if cached is not None and cached[0] is customer:
+            self._views.move_to_end(key)
+            self.hits += 1
+            return cached[1], cached[2]
+        self.misses += 1
+        html = self._jinja.get_template("_views.html").render(self._views_context(customer, lang, view))
+        before, _, after = html.partition(PARAMS_MARK)
+        parts = (before.encode(), after.encode())
+        self._views[key] = (customer, html, parts)
+        if len(self._views) > self._cache_size:
+            self._views.popitem(last=False)
+        return html, parts
+
+    def _views_context(self, customer: Customer, lang: Lang, view: View | None) -> dict[str, Any]:
+        t = self.t(lang)
+        base_url = self._base_url
+        status_texts = {status: t(f"order_status_{status}") for status in range(8)}
+        orders = []
+        for order in customer.orders:
+            data = order.model_dump()
+            if self._v6:
+                card = general_card_from_order(data, base_url=base_url, status_texts=status_texts)
+            else:
+                card = order_card_from_order(data, base_url=base_url)
+            from_order = ticket_prefill_from_order(data, base_url=base_url, status_texts=status_texts)
+            ticket = {name: value for name, value in from_order.items() if self._prefillable(name, value)}
+            orders.append({"order": order, "card": compact_json(card), "prefill": compact_json(ticket)})
+        products = []
+        for product in customer.products:
+            data = product.model_dump()
+            if self._v6:
+                card = general_card_from_product(data, base_url=base_url)
+            else:
+                card = goods_card_from_product(data, base_url=base_url)
+            products.append({"product": product, "card": compact_json(card)})
+        return {
+            "t": t,
+            "lang": lang,
+            "customer": customer,
+            "orders": orders,
+            "products": products,
+            "ticket_fields": self._ticket_fields,
+            "ticket_prefill": customer_prefill(customer),
+            "view": view.value if view else None,
+            "views": VIEWS,
+            "params_mark": Markup(PARAMS_MARK),
+            "yuan": yuan,
+            "ms_datetime": ms_datetime,
+        }
+
+    def _prefillable(self, field_id: str, value: str) -> bool:
+        """A configured field, and a value it accepts: a mini-program order link is no `url` field value."""
+        kind = self._field_types.get(field_id)
+        return kind is not None and (kind != "url" or is_http_url(value))
+
+    # the whole fragment --------------------------------------------------------------------
+
+    def fragment_parts(
+        self,
+        customer: Customer | None,
+        context: SurfaceContext | None,
+        lang: Lang,
+        view: View | None,
+        *,
+        stale: bool,
+        tried: list[tuple[str, str]],
+    ) -> list[bytes]:
+        """The fragment as UTF-8 pieces: only the per-conversation parts are rendered and encoded here."""
+        t = self.t(lang)
+        header = self._jinja.get_template("_context.html").render(
+            t=t, customer=customer, context=context, stale=stale,
+            display_fields=context.display_fields() if context else [],
+        )  # fmt: skip
+        if customer is None:
+            return [header.encode(), self._jinja.get_template("_not_found.html").render(t=t, tried=tried).encode()]
+        _, (before, after) = self._customer_views(customer, lang, view)
+        params = context.params if context else {}
+        params_html = self._jinja.get_template("_params.html").render(t=t, params=params) if params else ""
+        return [header.encode(), before, params_html.encode(), after]
+
+    # the page around it --------------------------------------------------------------------
+
+    def page(self, lang: Lang, surface: Surface, boot: dict[str, Any], body: list[bytes] | None) -> bytes:
+        """The whole page as bytes; `body` None is the waiting shell of SPEC §4's postMessage mode."""
+        start, middle, end = self._shell(lang, surface, waiting=body is None)
+        boot_attr = escape(compact_json(boot)).encode()
+        return b"".join([start, boot_attr, middle, *(body or ()), end])
+
+    def _shell(self, lang: Lang, surface: Surface, *, waiting: bool) -> tuple[bytes, bytes, bytes]:
+        key = (lang, surface.value, LAYOUT[surface], waiting)
+        shell = self._shells.get(key)
+        if shell is None:
+            html = self._jinja.get_template("page.html").render(
+                t=self.t(lang), lang=lang, layout=LAYOUT[surface], surface=surface.value, waiting=waiting,
+                boot=Markup(_BOOT_MARK), body=Markup(_BODY_MARK), messages=self._messages[lang],
+            )  # fmt: skip
+            start, _, rest = html.partition(_BOOT_MARK)
+            middle, _, end = rest.partition(_BODY_MARK)
+            shell = self._shells[key] = (start.encode(), middle.encode(), end.encode())
+        return shell

@@ -1,0 +1,204 @@
+"""Every setting of the service, read from `PANEL_*` environment variables (and an optional `.env`).
+
+This is the only module that reads the environment. A bad value stops start-up with one line that
+names the variable (see `describe_error`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .protocol.signing import SignPolicy
+from .redis import parse_redis_url
+
+DEMO_SYSNUM = "demo"
+DEMO_SECRET = "demo-secret"
+DEFAULT_HOST_ORIGINS = "https://*.sobot.com https://*.soboten.com"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PANEL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    sysnum: str = ""
+    secret: SecretStr | None = None
+    wecom_secret: SecretStr | None = None
+    wecom_gateway: str | None = None
+    wecom_temp_id: SecretStr | None = None
+    sign_max_age: int = Field(default=300, ge=1, le=86_400)
+
+    redis_url: str | None = None
+    # Redis Cluster behind a redis:// or rediss:// node URL (a redis+cluster:// URL says so by itself)
+    redis_cluster: bool = False
+    # PEM CA bundle that verifies a TLS Redis's certificate, unless the URL names one (?ssl_ca_certs=)
+    redis_tls_ca: Path | None = None
+    redis_prefix: str = "panel:"
+    data_dir: Path = Path("./.panel-data")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65_535)
+    public_url: str | None = None
+    host_origins: str = DEFAULT_HOST_ORIGINS
+
+    directory_url: str | None = None
+    directory_token: SecretStr | None = None
+    directory_plugin: str | None = None
+    directory_ttl: int = Field(default=60, ge=1)
+    directory_negative_ttl: int = Field(default=10, ge=1)
+    directory_timeout: float = Field(default=3.0, gt=0)
+    local_cache_ttl: float = Field(default=3.0, ge=0)
+    local_cache_size: int = Field(default=2048, ge=0)
+
+    ticket_fields: Path | None = None
+    card_format: Literal["classic", "v6"] = "classic"
+
+    audit_maxlen: int | None = Field(default=1_000_000, ge=1)
+    audit_max_age: int | None = Field(default=None, ge=60)
+    # bytes of audit records kept on local disk while Redis is away (<data_dir>/spool); 0 = no spool
+    spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    audit_claim_idle_ms: int = Field(default=60_000, ge=1)
+    audit_dead_after: int = Field(default=5, ge=1)
+
+    api_token: SecretStr | None = None
+    ops_token: SecretStr | None = None
+    session_key: SecretStr | None = None
+    session_ttl: int = Field(default=3600, ge=60)
+
+    demo: bool = False
+    _session_key_generated: bool = PrivateAttr(default=False)
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("host_origins")
+    @classmethod
+    def _origins_are_urls(cls, value: str) -> str:
+        for origin in value.split():
+            scheme, sep, rest = origin.partition("://")
+            if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(f"{origin!r} is not an origin like https://*.sobot.com")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value:
+            parse_redis_url(value)  # a ValueError names what is wrong
+        return value or None
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _redis_cluster_url(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value or "redis_url" not in info.data:  # off, or PANEL_REDIS_URL is invalid (and reported)
+            return value
+        url = info.data["redis_url"]
+        if url is None:
+            raise ValueError("needs PANEL_REDIS_URL (the embedded redis-server is a single server)")
+        parse_redis_url(url, cluster=True)
+        return value
+
+    @field_validator("redis_tls_ca")
+    @classmethod
+    def _redis_tls_ca(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        url = info.data.get("redis_url") or ""
+        if "redis_url" in info.data and not url.lower().startswith("rediss"):
+            raise ValueError("is set but PANEL_REDIS_URL does not use TLS (rediss://...)")
+        return value
+
+    @field_validator("directory_url", "wecom_gateway", "public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else None
+
+    @field_validator("ticket_fields")
+    @classmethod
+    def _ticket_fields_exist(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _demo_defaults(self) -> Settings:
+        if self.demo:
+            # frozen model: fill demo defaults through object.__setattr__ once, at validation time
+            if not self.sysnum:
+                object.__setattr__(self, "sysnum", DEMO_SYSNUM)
+            if self.secret is None:
+                object.__setattr__(self, "secret", SecretStr(DEMO_SECRET))
+        if not self.sysnum:
+            raise ValueError("PANEL_SYSNUM is required (your Sobot company number), or set PANEL_DEMO=1")
+        if self.session_key is None:
+            object.__setattr__(self, "session_key", SecretStr(secrets.token_urlsafe(32)))
+            self._session_key_generated = True
+        return self
+
+    # --- derived values -------------------------------------------------------------------------
+
+    @property
+    def origin_patterns(self) -> list[str]:
+        return self.host_origins.split()
+
+    @property
+    def session_key_generated(self) -> bool:
+        return self._session_key_generated
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def secret_value(self) -> str | None:
+        return self.secret.get_secret_value() if self.secret else None
+
+    def wecom_secret_value(self) -> str | None:
+        return self.wecom_secret.get_secret_value() if self.wecom_secret else None
+
+    def sign_policy(self) -> SignPolicy:
+        """The sign rules these settings configure (SPEC §3)."""
+        return SignPolicy(
+            sys_num=self.sysnum,
+            secret=self.secret_value(),
+            wecom_secret=self.wecom_secret_value(),
+            max_age_s=self.sign_max_age,
+        )
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line per problem, each naming the environment variable, for start-up failures."""
+    lines = []
+    for item in error.errors():
+        location = [str(part) for part in item["loc"]]
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if location:
+            lines.append(f"PANEL_{location[0].upper()}: {message}")
+        else:
+            lines.append(message)
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

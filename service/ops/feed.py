@@ -1,0 +1,248 @@
+"""The ops dashboard's moving parts: the consumer that keeps the rolling counters, and the live feed.
+
+`OpsCounter` reads the audit stream through the consumer group `ops` (one consumer per replica) and,
+in one Lua script per entry, acks it and bumps the minute and hour counters, then publishes it on
+the feed channel. `OpsFeed` listens to that channel on every replica and fans entries out to the
+dashboard's Server-Sent Events clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from ..audit.reader import AuditReader, Entry
+from ..redis import REDIS_DOWN, RedisClient
+from ..redis.keys import Keys
+from .counters import (
+    bucket_fields,
+    entry_minute,
+    expires_at_s,
+    feed_item,
+    id_order,
+)
+
+log = logging.getLogger(__name__)
+
+GROUP = "ops"
+RECENT_IDS = 4_096  # entry IDs a replica's feed remembers, to pass each on once
+READ_BATCH = 100
+BLOCK_MS = 500  # short, so the consumer sees its stop flag (redis-py may swallow a cancellation)
+BACKFILL_MAX = 200
+CLIENT_QUEUE = 1_000
+
+# Count and publish an entry only if this consumer's ack is the one that takes it off the pending list.
+_COUNT = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+for i = 7, #ARGV do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
+  redis.call('HINCRBY', KEYS[3], ARGV[i], 1)
+end
+redis.call('EXPIREAT', KEYS[2], ARGV[3])
+redis.call('EXPIREAT', KEYS[3], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
+
+
+def feed_channel(keys: Keys) -> str:
+    """Every replica's dashboard clients hear counted sends here."""
+    return f"{keys.prefix}ops:feed"
+
+
+# --- counting ---------------------------------------------------------------------------------------
+
+
+class OpsCounter:
+    """This replica's consumer of the group `ops`: rolling counters and the feed, each entry once."""
+
+    def __init__(self, redis: RedisClient, keys: Keys, consumer: str, *, claim_idle_ms: int = 60_000,
+                 dead_after: int = 5) -> None:  # fmt: skip
+        self._redis = redis
+        self._keys = keys
+        self.reader = AuditReader(redis, keys, GROUP, consumer, claim_idle_ms=claim_idle_ms, dead_after=dead_after)
+        self._script = redis.register_script(_COUNT)
+        self._stop = asyncio.Event()
+        self.counted = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Read, count, ack until stopped; ride out Redis outages with backoff."""
+        delay, failing, ready = 0.1, False, False
+        while not self._stop.is_set():
+            try:
+                if not ready:
+                    await self.reader.ensure_group("$")  # new sends only; an existing group keeps its place
+                    # listed in XINFO CONSUMERS from now on, not only once it was handed an entry
+                    await self._redis.xgroup_createconsumer(self._keys.audit_stream, GROUP, self.reader.consumer)
+                    ready = True
+                entries = await self.reader.read(READ_BATCH, block_ms=BLOCK_MS)
+                if entries:
+                    await self.count(entries)
+                if failing:
+                    log.info("ops counters: Redis is back")
+                delay, failing = 0.1, False
+            except REDIS_DOWN as error:
+                if not failing:
+                    log.warning("ops counters: Redis unavailable (%s); retrying", type(error).__name__)
+                failing = True
+                await self._pause(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                log.exception("ops counters: unexpected failure; retrying")
+                await self._pause(1.0)
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.reader.leave()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def count(self, entries: list[Entry]) -> int:
+        """Count, ack and publish a batch in one round trip; returns how many this consumer counted."""
+        channel = feed_channel(self._keys)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                minute = entry_minute(entry.entry_id, entry.fields)
+                hour = minute // 60
+                keys = [self._keys.audit_stream, self._keys.audit_counter("m", str(minute)),
+                        self._keys.audit_counter("h", str(hour))]  # fmt: skip
+                item = _compact(feed_item(entry.entry_id, entry.fields))
+                expiry = [expires_at_s(minute), expires_at_s(hour * 60)]
+                args: list[str | int] = [GROUP, entry.entry_id, *expiry, channel, item, *bucket_fields(entry.fields)]
+                await self._script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+            results = await pipe.execute()
+        counted = sum(int(result) for result in results)
+        self.counted += counted
+        return counted
+
+
+# --- the live feed ----------------------------------------------------------------------------------
+
+Frame = tuple[str, bytes]  # the entry's stream ID, and the SSE event carrying it
+
+
+def sse_frame(entry_id: str, data: str) -> Frame:
+    """One `send` event; `data` is the entry's feed item as compact JSON (one line)."""
+    return entry_id, f"id: {entry_id}\nevent: send\ndata: {data}\n\n".encode()
+
+
+def _compact(item: dict[str, Any]) -> str:
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+
+
+def frames_of(page: list[Any] | None) -> list[Frame]:
+    """Events for a page of stream entries (XRANGE reply)."""
+    frames = []
+    for raw_id, raw in page or []:
+        entry_id, fields = str(raw_id), {str(k): str(v) for k, v in (raw or {}).items()}
+        frames.append(sse_frame(entry_id, _compact(feed_item(entry_id, fields))))
+    return frames
+
+
+class OpsFeed:
+    """This replica's subscription to the feed channel and its SSE clients (a queue each).
+
+    After a lost subscription it reads what it missed from the stream (after the newest entry it passed on),
+    so a Redis restart leaves no gap; entries that then arrive by pub/sub as well are passed on once.
+    """
+
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.clients: set[asyncio.Queue[Frame | None]] = set()
+        self.closing = False
+        self._stopping = False
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._newest = (-1, -1)
+        self.subscribed = asyncio.Event()  # set while the listener is subscribed; tests wait on it
+
+    def join(self) -> asyncio.Queue[Frame | None]:
+        queue: asyncio.Queue[Frame | None] = asyncio.Queue(CLIENT_QUEUE)
+        self.clients.add(queue)
+        return queue
+
+    def leave(self, queue: asyncio.Queue[Frame | None]) -> None:
+        self.clients.discard(queue)
+
+    def deliver(self, frame: Frame | None) -> None:
+        if frame is not None:
+            if frame[0] in self._recent:
+                return
+            self._recent[frame[0]] = None
+            if len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
+            self._newest = max(self._newest, id_order(frame[0]))
+        for queue in list(self.clients):
+            try:
+                queue.put_nowait(frame)
+            except asyncio.QueueFull:
+                # A client this far behind is closed; its EventSource reconnects and backfills from the stream.
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(None)
+
+    def close_all(self) -> None:
+        self.closing = True
+        self.deliver(None)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def listen(self) -> None:
+        """Subscribe and fan out; after a lost connection, subscribe afresh with backoff (redis-py #2089)."""
+        delay, first = 0.1, True
+        while not self._stopping:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(feed_channel(self._keys))
+                await self._catch_up(first)
+                self.subscribed.set()
+                delay, first = 0.1, False
+                await self._pump(pubsub)
+            except REDIS_DOWN as error:
+                self.subscribed.clear()
+                log.warning("ops feed: pub/sub lost (%s); reconnecting in %.1fs", type(error).__name__, delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if not self._stopping and not self.subscribed.is_set():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _catch_up(self, first: bool) -> None:
+        stream = self._keys.audit_stream
+        if first:  # nothing missed yet: start from the newest entry there is
+            newest = await self._redis.xrevrange(stream, count=1) or []
+            self._newest = max(self._newest, id_order(str(newest[0][0])) if newest else (0, 0))
+            return
+        start = "{}-{}".format(*self._newest) if self._newest >= (0, 0) else "0-0"
+        for frame in frames_of(await self._redis.xrange(stream, min=f"({start}", count=BACKFILL_MAX)):
+            self.deliver(frame)
+
+    async def _pump(self, pubsub: aioredis.client.PubSub) -> None:
+        idle = 0.0
+        while not self._stopping:
+            message = await pubsub.get_message(timeout=0.25)
+            if message is None:
+                idle += 0.25
+                if idle >= 5.0:
+                    await pubsub.ping()  # a dead connection shows itself here, not by silence
+                    idle = 0.0
+                continue
+            idle = 0.0
+            if message.get("type") == "message":
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    data = str(message["data"])
+                    self.deliver(sse_frame(str(json.loads(data)["entryId"]), data))
+
+
+# --- access -----------------------------------------------------------------------------------------

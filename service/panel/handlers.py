@@ -1,0 +1,148 @@
+"""Page handlers: the signed `/embed/...` panels, the send endpoint, and the invalidation API.
+
+Each is a thin caller: the panel core verifies, looks up, renders and mints the token; the card rules
+validate; the audit log records.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from aiohttp import web
+
+from ..appkeys import AUDIT, CACHE, CATALOG, CORE, METRICS, SETTINGS, TICKET_FIELDS
+from ..audit.producer import AuditRecord
+from ..audit.spool import SpoolError
+from ..clock import now_ms
+from ..errors import Code, PanelError, PayloadError, Unavailable
+from ..protocol.cards import build_message
+from ..protocol.security import TokenError
+from ..protocol.send import parse_send
+from ..protocol.surfaces import Surface, View, parse_surface, parse_view
+from ..redis import REDIS_DOWN
+from .pages import request_lang
+
+log = logging.getLogger(__name__)
+
+# Our own query parameters, never part of Sobot's signed context.
+OWN_PARAMS = {"lang"}
+
+
+def _sobot_query(request: web.Request) -> str:
+    """The raw query without our own parameters (`lang`), percent-encoding untouched."""
+    raw = request.rel_url.raw_query_string
+    if "lang=" not in raw:
+        return raw
+    return "&".join(piece for piece in raw.split("&") if piece.partition("=")[0] not in OWN_PARAMS)
+
+
+async def _embed(request: web.Request, surface: Surface, view: View | None) -> web.Response:
+    core = request.app[CORE]
+    lang = request_lang(request)
+    raw = _sobot_query(request)
+    # SPEC §4 postMessage mode: the first context may arrive only by message; show a waiting shell.
+    context = core.verify_query(surface, raw) if raw.strip("&") else None
+    panel = await core.build(surface, context, lang, view)
+    page = core.page(panel, lang, view)
+    return web.Response(body=page, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
+
+
+async def embed_panel(request: web.Request) -> web.Response:
+    return await _embed(request, parse_surface(request.match_info["surface"]), None)
+
+
+async def embed_view(request: web.Request) -> web.Response:
+    surface = parse_surface(request.match_info["surface"])
+    return await _embed(request, surface, parse_view(request.match_info["view"]))
+
+
+async def send(request: web.Request) -> web.Response:
+    """Validate a card or ticket, append its audit record, and answer with the exact message to post."""
+    app = request.app
+    lang = request_lang(request)
+    catalog = app[CATALOG]
+    settings = app[SETTINGS]
+    metrics = app[METRICS]
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise PanelError(Code.BODY_NOT_JSON) from None
+    # The session first: a request without a valid token learns nothing about what else is wrong.
+    claims = app[CORE].session(str(body.get("token", "")) if isinstance(body, dict) else "")
+    sent = parse_send(body)
+    kind = sent.kind
+    try:
+        message = build_message(
+            kind,
+            sent.data,
+            card_format=settings.card_format,
+            cid=claims.cid,
+            uid=claims.uid,
+            mini_program=claims.mini_program,
+            ticket_fields=app[TICKET_FIELDS],
+        )
+    except PayloadError as error:
+        metrics.sends.labels(kind, "invalid").inc()
+        problems = [
+            {"field": field, "code": code, "message": catalog.text(code, lang, field=field, **params)}
+            for field, code, params in error.problems
+        ]
+        return web.json_response(
+            {"ok": False, "code": Code.PAYLOAD_INVALID, "message": catalog.text(Code.PAYLOAD_INVALID, lang),
+             "problems": problems},
+            status=422,
+        )  # fmt: skip
+    record = AuditRecord(
+        kind=kind,
+        id=sent.id,
+        at=now_ms(),
+        surface=claims.surface,
+        agent=claims.agent,
+        partner_id=claims.partner_id,
+        uid=claims.uid,
+        cid=claims.cid,
+        payload=json.dumps(message, ensure_ascii=False, separators=(",", ":")),
+    )
+    try:
+        appended = await app[AUDIT].append(record)
+    except SpoolError:
+        metrics.sends.labels(kind, "unavailable").inc()
+        raise  # 503 naming the spool's state: the page is never told an unrecorded send is recorded
+    except REDIS_DOWN as error:
+        metrics.sends.labels(kind, "unavailable").inc()
+        raise Unavailable(Code.AUDIT_UNAVAILABLE) from error
+    result = "spooled" if appended.spooled else "duplicate" if appended.duplicate else "recorded"
+    metrics.sends.labels(kind, result).inc()
+    # Spooled: Redis is away, the record is fsync'd on local disk and will be replayed into the stream.
+    return web.json_response(
+        {"ok": True, "entryId": appended.entry_id, "duplicate": appended.duplicate, "spooled": appended.spooled,
+         "message": message}
+    )  # fmt: skip
+
+
+def bearer_ok(request: web.Request, expected: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
+
+
+async def invalidate(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS].api_token
+    if token is None:
+        raise Unavailable(Code.API_TOKEN_NOT_CONFIGURED)
+    if not bearer_ok(request, token.get_secret_value()):
+        raise TokenError(Code.API_TOKEN_INVALID)
+    partner_id = request.match_info["partnerId"]
+    try:
+        await request.app[CACHE].invalidate(partner_id)
+    except REDIS_DOWN as error:
+        raise Unavailable(Code.REDIS_UNAVAILABLE) from error
+    return web.json_response({"ok": True, "partnerId": partner_id}, status=202)
+
+
+async def index(request: web.Request) -> web.Response:
+    if request.app[SETTINGS].demo:
+        raise web.HTTPFound("/dev/host")
+    return web.json_response({"service": "sobot-panel", "surfaces": [s.value for s in Surface]})
