@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from sobot_panel.directory.sample import load_customers
-from sobot_panel.protocol.security import SessionClaims, issue_token
+from sobot_panel.protocol.tokens import SessionClaims, SessionTokens
 
 from .common import (
     RESULTS,
@@ -62,7 +62,7 @@ def mint_token(index: int, partner_id: str) -> str:
         surface="workbench", agent=agent_email(index), partner_id=partner_id, uid=fields["uid"], cid=fields["cid"],
         expires_ms=now_ms() + 3_600_000, context=tuple((k, v) for k, v in fields.items() if k != "sign" and v),
     )  # fmt: skip
-    return issue_token(SESSION_KEY.encode(), claims)
+    return SessionTokens(SESSION_KEY.encode()).issue(claims)
 
 
 @dataclass

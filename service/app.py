@@ -53,8 +53,9 @@ from .panel import handlers
 from .panel.core import PanelCore, Signer
 from .panel.rendering import Renderer
 from .panel.wecom import WecomSecretClient
-from .protocol.security import SessionTokens, content_security_policy
+from .protocol.security import content_security_policy
 from .protocol.ticket_fields import load_ticket_fields
+from .protocol.tokens import SessionTokens
 from .redis import REDIS_DOWN, EmbeddedRedis, connect_any, keys_for, parse_redis_url
 from .settings import Settings
 
@@ -123,7 +124,6 @@ async def _panel_ctx(app: web.Application) -> AsyncIterator[None]:
         local_size=settings.local_cache_size,
     )
     app[DIRECTORY], app[CACHE] = directory, cache
-    assert settings.session_key is not None  # filled in by Settings validation
     signer = Signer(settings.sign_policy())
     app[CORE] = PanelCore(
         signer=signer,
@@ -135,10 +135,12 @@ async def _panel_ctx(app: web.Application) -> AsyncIterator[None]:
             base_url=settings.base_url,
             card_format=settings.card_format,
         ),
-        tokens=SessionTokens(settings.session_key.get_secret_value().encode()),
+        tokens=SessionTokens(*settings.session_keys()),
         metrics=metrics,
         session_ttl_s=settings.session_ttl,
+        session_max_age_s=settings.session_max_age,
         boot={"origins": settings.origin_patterns, "allowSelf": settings.demo, "cardFormat": settings.card_format},
+        trusted_unsigned=settings.trusted_unsigned,
     )
     try:
         yield

@@ -42,9 +42,27 @@ def startup_warnings(settings: Settings) -> list[str]:
         )
     if settings.secret is None:
         warnings.append(
-            "PANEL_SECRET is not set: legacy signs md5(sysNum+email) are accepted. Such a sign never changes "
-            "for an agent, so anyone who has seen one panel URL can open any customer's panel forever. "
-            "Turn on Sobot's security key (安全密钥) and set PANEL_SECRET."
+            "PANEL_SECRET is not set: Sobot's legacy sign md5(sysNum+email) is accepted. It signs nothing about "
+            "the customer: whatever partnerId, phone, email or uid a URL carries chooses the customer, and every "
+            "panel marks its customer as unverified. It never changes for an agent, so anyone who has seen one "
+            "panel URL can open any customer's panel forever. Turn on Sobot's security key (安全密钥) and set "
+            "PANEL_SECRET."
+        )
+    if settings.wecom_secret is None and not (settings.wecom_gateway and settings.wecom_temp_id):
+        warnings.append(
+            "PANEL_WECOM_SECRET is not set: a WeCom sign without the secret can be computed by anyone, so WeCom "
+            "sidebar panels mark their customer as unverified. Turn on the WeCom secret in Sobot and set it."
+        )
+    if settings.trusted_unsigned:
+        names = ", ".join(sorted(settings.trusted_unsigned))
+        warnings.append(
+            f"PANEL_TRUST_UNSIGNED={names}: these keys are not signed by Sobot, yet choose the customer when no "
+            "signed key does; anyone who can edit a panel URL can choose them. Such customers show as unverified."
+        )
+    if settings.secret_previous is not None:
+        warnings.append(
+            "PANEL_SECRET_PREVIOUS is set: signs made with Sobot's previous security key are still accepted. "
+            "Remove it once panel_sign_previous_secret_total stops growing."
         )
     if settings.session_key_generated:
         warnings.append(

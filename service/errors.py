@@ -119,6 +119,12 @@ class SignError(PanelError):
     status = 403
 
 
+class TokenError(PanelError):
+    """A session or API token is missing, invalid or expired (HTTP 401)."""
+
+    status = 401
+
+
 class NotFound(PanelError):
     """Unknown surface or view (HTTP 404)."""
 

@@ -38,6 +38,17 @@ class Metrics:
             "panel_sign_failures", "Requests refused by sign verification, by reason", ["reason"],
             registry=self.registry,
         )  # fmt: skip
+        self.previous_secret_signs = Counter(
+            "panel_sign_previous_secret",
+            "Signs verified with PANEL_SECRET_PREVIOUS (a key rotation is over when this stops growing)",
+            registry=self.registry,
+        )
+        self.unsigned_disagreements = Counter(
+            "panel_unsigned_disagreements",
+            "Verified contexts whose unsigned field contradicted the customer the signed keys chose (ignored)",
+            ["surface", "field"],
+            registry=self.registry,
+        )
         self.cache_lookups = Counter(
             "panel_cache_lookups", "Customer look-ups by where they were answered", ["source"],
             registry=self.registry,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     Field,
@@ -22,11 +22,18 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .protocol.signing import SignPolicy
+from .protocol.trust import TRUSTABLE
 from .redis import parse_redis_url
 
 DEMO_SYSNUM = "demo"
 DEMO_SECRET = "demo-secret"
 DEFAULT_HOST_ORIGINS = "https://*.sobot.com https://*.soboten.com"
+# Settings that hold a secret: each may be given as PANEL_<NAME>_FILE instead (CONTRACT, "Settings").
+SECRET_FIELDS = ("secret", "secret_previous", "wecom_secret", "wecom_temp_id", "api_token", "ops_token",
+                 "session_key", "session_key_previous", "directory_token", "redis_url")  # fmt: skip
+# Settings where "set but empty" (`PANEL_SECRET=`) is a mistake, never "unset".
+NEEDS_A_VALUE = ("sysnum", *SECRET_FIELDS, "wecom_gateway", "redis_tls_ca", "redis_prefix", "data_dir", "host",
+                 "public_url", "host_origins", "directory_url", "directory_plugin", "ticket_fields")  # fmt: skip
 
 
 class Settings(BaseSettings):
@@ -40,6 +47,8 @@ class Settings(BaseSettings):
 
     sysnum: str = ""
     secret: SecretStr | None = None
+    # Sobot's previous security key, accepted beside PANEL_SECRET while agents' pages still carry it
+    secret_previous: SecretStr | None = None
     wecom_secret: SecretStr | None = None
     wecom_gateway: str | None = None
     wecom_temp_id: SecretStr | None = None
@@ -80,11 +89,57 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     ops_token: SecretStr | None = None
     session_key: SecretStr | None = None
+    # the key tokens were issued with before PANEL_SESSION_KEY changed: still read, never issued with
+    session_key_previous: SecretStr | None = None
     session_ttl: int = Field(default=3600, ge=60)
+    # a session's absolute end: renewals stop this long after Sobot's sign was last verified for it
+    session_max_age: int = Field(default=12 * 3600, ge=60)
+
+    # `PANEL_<NAME>_FILE`: the secret read from a file (Docker and Kubernetes secrets), see `_secret_files`
+    secret_file: Path | None = None
+    secret_previous_file: Path | None = None
+    wecom_secret_file: Path | None = None
+    wecom_temp_id_file: Path | None = None
+    api_token_file: Path | None = None
+    ops_token_file: Path | None = None
+    session_key_file: Path | None = None
+    session_key_previous_file: Path | None = None
+    directory_token_file: Path | None = None
+    redis_url_file: Path | None = None
+
+    # Unsigned customer keys an operator chooses to trust in secret mode (space or comma separated, from
+    # partnerId and uid): off by default, see "Security" in the README.
+    trust_unsigned: str = ""
 
     demo: bool = False
     _session_key_generated: bool = PrivateAttr(default=False)
     log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _given_values(cls, data: Any) -> Any:
+        """What the environment gave, before any field is read: `PANEL_X_FILE=/run/secrets/x` gives PANEL_X
+        the file's text (a trailing newline ignored), and a variable set to nothing is a mistake, not "unset"."""
+        if not isinstance(data, dict):
+            return data
+        for name in SECRET_FIELDS:
+            path = data.get(f"{name}_file")
+            if path is None:
+                continue
+            variable = f"PANEL_{name.upper()}"
+            if data.get(name) is not None:
+                raise ValueError(f"{variable} and {variable}_FILE are both set: give one")
+            try:
+                text = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as error:
+                raise ValueError(f"{variable}_FILE: cannot read {path}: {getattr(error, 'strerror', error)}") from None
+            if not text.strip():
+                raise ValueError(f"{variable}_FILE: {path} is empty")
+            data = {**data, name: text}
+        empty = [f"PANEL_{name.upper()}" for name in NEEDS_A_VALUE if _is_blank(data.get(name))]
+        if empty:
+            raise ValueError(f"{', '.join(empty)}: set but empty; give a value, or unset it")
+        return data
 
     @field_validator("host_origins")
     @classmethod
@@ -94,6 +149,15 @@ class Settings(BaseSettings):
             if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
                 raise ValueError(f"{origin!r} is not an origin like https://*.sobot.com")
         return value
+
+    @field_validator("trust_unsigned")
+    @classmethod
+    def _trustable(cls, value: str) -> str:
+        names = value.replace(",", " ").split()
+        unknown = [name for name in names if name not in TRUSTABLE]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: only {' and '.join(TRUSTABLE)} can be trusted unsigned")
+        return " ".join(names)
 
     @field_validator("redis_url")
     @classmethod
@@ -149,6 +213,10 @@ class Settings(BaseSettings):
                 object.__setattr__(self, "secret", SecretStr(DEMO_SECRET))
         if not self.sysnum:
             raise ValueError("PANEL_SYSNUM is required (your Sobot company number), or set PANEL_DEMO=1")
+        if self.secret_previous is not None and self.secret is None:
+            raise ValueError("PANEL_SECRET_PREVIOUS: needs PANEL_SECRET (the key that replaced it)")
+        if self.session_key_previous is not None and self.session_key is None:
+            raise ValueError("PANEL_SESSION_KEY_PREVIOUS: needs PANEL_SESSION_KEY (the key that replaced it)")
         if self.session_key is None:
             object.__setattr__(self, "session_key", SecretStr(secrets.token_urlsafe(32)))
             self._session_key_generated = True
@@ -159,6 +227,10 @@ class Settings(BaseSettings):
     @property
     def origin_patterns(self) -> list[str]:
         return self.host_origins.split()
+
+    @property
+    def trusted_unsigned(self) -> frozenset[str]:
+        return frozenset(self.trust_unsigned.split())
 
     @property
     def session_key_generated(self) -> bool:
@@ -184,7 +256,21 @@ class Settings(BaseSettings):
             secret=self.secret_value(),
             wecom_secret=self.wecom_secret_value(),
             max_age_s=self.sign_max_age,
+            previous_secret=self.secret_previous.get_secret_value() if self.secret_previous else None,
         )
+
+    def session_keys(self) -> tuple[bytes, list[bytes]]:
+        """The key session tokens are issued with, and the previous one they may still be read with."""
+        assert self.session_key is not None  # filled in by validation
+        previous = [self.session_key_previous.get_secret_value().encode()] if self.session_key_previous else []
+        return self.session_key.get_secret_value().encode(), previous
+
+
+def _is_blank(value: Any) -> bool:
+    return (
+        isinstance(value, str | SecretStr)
+        and not str(value.get_secret_value() if isinstance(value, SecretStr) else value).strip()
+    )
 
 
 def describe_error(error: ValidationError) -> str:

@@ -82,3 +82,73 @@ def test_bad_setting_stops_start_up_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert lines[0].startswith("sobot-panel: bad setting: PANEL_SIGN_MAX_AGE:")
     assert "Traceback" not in done.stderr
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+
+def _settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def _refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    with pytest.raises(ValidationError) as caught:
+        _settings(monkeypatch, **env)
+    line = describe_error(caught.value)
+    assert "\n" not in line
+    return line
+
+
+@pytest.mark.parametrize(
+    "variable", ["PANEL_SECRET", "PANEL_API_TOKEN", "PANEL_SESSION_KEY", "PANEL_SYSNUM", "PANEL_REDIS_URL"]
+)
+def test_a_variable_set_to_nothing_stops_start_up(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    env = {"PANEL_SYSNUM": "1", variable: "  "}
+    assert _refusal(monkeypatch, **env).startswith(f"{variable}: set but empty")
+
+
+def test_an_empty_secret_is_never_read_as_legacy_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`PANEL_SECRET=` used to start quietly in legacy mode, accepting md5(sysNum+email) forever."""
+    assert "PANEL_SECRET" in _refusal(monkeypatch, PANEL_SYSNUM="1", PANEL_SECRET="")
+
+
+def test_secrets_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name, text in {"secret": "s3cr3t\n", "api": "api-token", "redis": "redis://:pw@redis:6379/0\r\n"}.items():
+        (tmp_path / name).write_text(text)
+    files = {f"PANEL_{name}_FILE": str(tmp_path / path) for name, path in
+             (("SECRET", "secret"), ("API_TOKEN", "api"), ("REDIS_URL", "redis"))}  # fmt: skip
+    settings = _settings(monkeypatch, PANEL_SYSNUM="1", **files)
+    assert settings.secret_value() == "s3cr3t"  # the trailing newline a text editor leaves is not part of it
+    assert settings.api_token is not None and settings.api_token.get_secret_value() == "api-token"
+    assert settings.redis_url == "redis://:pw@redis:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("content", "both", "expected"),
+    [(None, False, "PANEL_SECRET_FILE: cannot read"), ("\n", False, "PANEL_SECRET_FILE: "),
+     ("s", True, "PANEL_SECRET and PANEL_SECRET_FILE are both set")],
+    ids=["missing-file", "empty-file", "both"],
+)  # fmt: skip
+def test_bad_secret_files_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str | None, both: bool, expected: str
+) -> None:
+    path = tmp_path / "secret"
+    if content is not None:
+        path.write_text(content)
+    env = {"PANEL_SYSNUM": "1", "PANEL_SECRET_FILE": str(path)} | ({"PANEL_SECRET": "x"} if both else {})
+    line = _refusal(monkeypatch, **env)
+    assert line.startswith(expected), line
+    assert "s3cr3t" not in line
+
+
+def test_previous_keys_need_their_successor(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "needs PANEL_SECRET" in _refusal(monkeypatch, PANEL_SYSNUM="1", PANEL_SECRET_PREVIOUS="old")
+    monkeypatch.delenv("PANEL_SECRET_PREVIOUS")
+    assert "needs PANEL_SESSION_KEY" in _refusal(monkeypatch, PANEL_SYSNUM="1", PANEL_SESSION_KEY_PREVIOUS="old")
+
+
+def test_secrets_never_show_in_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    line = _refusal(monkeypatch, PANEL_SYSNUM="1", PANEL_SECRET="super-secret-key", PANEL_PORT="x")
+    assert "super-secret-key" not in line

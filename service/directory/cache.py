@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -118,14 +118,16 @@ class CustomerCache:
 
     # --- public ----------------------------------------------------------------------------------
 
-    async def get(self, lookup: LookupKeys) -> CacheResult:
+    async def get(self, lookup: LookupKeys | Sequence[tuple[str, str]]) -> CacheResult:
         """Try each lookup key in order until one finds the customer or all say nobody matches.
+
+        `lookup` is LookupKeys (tried in the API's order) or (lookup name, value) pairs in the order to try.
 
         Raises UpstreamError only when the upstream failed and no copy (fresh or stale) answers.
         After one upstream failure the remaining keys are answered from the caches only, so a dead
         upstream costs a page one timeout, not one per key.
         """
-        tried = lookup.ordered()
+        tried = lookup.ordered() if isinstance(lookup, LookupKeys) else [(k, v.strip()) for k, v in lookup if v.strip()]
         error: UpstreamError | None = None
         source = "local"
         for key, value in tried:

@@ -15,9 +15,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from ..appkeys import CORE, HUB, SETTINGS
-from ..errors import Code, PanelError
+from ..errors import Code, PanelError, TokenError
 from ..i18n import pick_lang
-from ..protocol.security import TokenError, origin_allowed
+from ..protocol.security import origin_allowed
 from ..protocol.surfaces import Surface, View
 from .frames import IncomingFrame, PingFrame, ResyncFrame, SelectedFrame, frame_id, parse_frame, selected_fields
 from .hub import Connection, LiveHub
@@ -97,7 +97,7 @@ async def on_selected(app: web.Application, hub: LiveHub, conn: Connection, fram
             context = app[CORE].verify_fields(conn.surface, selected_fields(frame))
             if conn.claims.agent and context.agent and context.agent != conn.claims.agent:
                 raise PanelError(Code.AGENT_MISMATCH)
-            await hub.push_panel(conn, context, frame.id)
+            await hub.push_panel(conn, context, frame.id, signed_now=True)
         except PanelError as error:
             await hub.send_error(conn, error, frame.id)
 

@@ -22,8 +22,9 @@ from ..errors import PanelError
 from ..i18n import Catalog, Lang
 from ..observability import Metrics
 from ..panel.core import PanelCore
-from ..protocol.security import SessionClaims, TokenBucket
+from ..protocol.security import TokenBucket
 from ..protocol.surfaces import Surface, SurfaceContext, View
+from ..protocol.tokens import SessionClaims
 from ..redis import REDIS_DOWN, Keys, RedisClient, as_text, pubsub_for
 from .frames import FrameId, compact
 
@@ -106,11 +107,17 @@ class LiveHub:
 
     # pushing -------------------------------------------------------------------------------
 
-    async def push_panel(self, conn: Connection, context: SurfaceContext | None, frame_id: FrameId = None) -> None:
-        """Render this context for the connection and push it, with the session renewed for what it shows."""
+    async def push_panel(
+        self, conn: Connection, context: SurfaceContext | None, frame_id: FrameId = None, *, signed_now: bool
+    ) -> None:
+        """Render this context for the connection and push it, with the session renewed for what it shows.
+
+        `signed_now`: the context was verified just now (a relayed `selected`), not re-read from the token."""
         if context is None:
             return
-        panel = await self._core.build(conn.surface, context, conn.lang, conn.view)
+        panel = await self._core.build(
+            conn.surface, context, conn.lang, conn.view, session=conn.claims, signed_now=signed_now
+        )
         conn.claims = panel.claims
         self._show(conn, panel.claims.partner_id)
         await conn.send({"type": "panel", "id": frame_id, "html": panel.html, "token": panel.token,
@@ -134,7 +141,7 @@ class LiveHub:
     async def resync(self, conn: Connection, frame_id: FrameId) -> None:
         async with conn.lock:
             try:
-                await self.push_panel(conn, self._core.context_of(conn.claims), frame_id)
+                await self.push_panel(conn, self._core.context_of(conn.claims), frame_id, signed_now=False)
             except PanelError as error:
                 await self.send_error(conn, error, frame_id)
 

@@ -38,11 +38,10 @@ from aiohttp import web
 from ..appkeys import CATALOG, KEYS, OPS_FEED, REDIS, SETTINGS, TICKET_FIELDS
 from ..audit.reader import stream_stats
 from ..clock import china_time, now_ms
-from ..errors import Code, NotFound, PanelError, Unavailable
+from ..errors import Code, NotFound, PanelError, TokenError, Unavailable
 from ..i18n import Catalog, Lang
 from ..panel.pages import error_response, request_lang
 from ..panel.rendering import script_json
-from ..protocol.security import TokenError
 from ..redis import REDIS_DOWN, RedisClient
 from ..redis.keys import Keys
 from .counters import (

@@ -10,18 +10,20 @@ in the page shell (`page()`); a websocket push sends it as it is.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
 from ..clock import now_ms
 from ..directory.cache import CacheResult, CustomerCache
-from ..directory.models import Customer, LookupKeys, UpstreamError
+from ..directory.models import Customer, UpstreamError
 from ..errors import Code, SignError, Unavailable
 from ..i18n import Lang
 from ..observability import Metrics
-from ..protocol.security import SessionClaims, SessionTokens
-from ..protocol.signing import SignPolicy, verify_sign
+from ..protocol.signing import SignMode, SignPolicy, sign_mode, verify_sign
 from ..protocol.surfaces import Surface, SurfaceContext, View, parse_fields, parse_query_string
+from ..protocol.tokens import SessionClaims, SessionTokens
+from ..protocol.trust import Selection, disagreements, matches, select_customer
 from .rendering import Renderer
 
 
@@ -32,8 +34,20 @@ class Signer:
         self.policy = policy
 
     def use_wecom_secret(self, secret: str | None) -> None:
-        p = self.policy
-        self.policy = SignPolicy(sys_num=p.sys_num, secret=p.secret, wecom_secret=secret, max_age_s=p.max_age_s)
+        self.policy = dataclasses.replace(self.policy, wecom_secret=secret)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Who a verified context's customer is, and how far Sobot's sign vouches for that."""
+
+    selection: Selection
+    result: CacheResult | None  # None: no key may select a customer (nothing was looked up)
+    verified: bool  # the customer carries a key Sobot signed with the secret
+
+    @property
+    def customer(self) -> Customer | None:
+        return self.result.customer if self.result else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,28 +56,24 @@ class Panel:
 
     surface: Surface
     context: SurfaceContext | None  # None: the waiting shell of SPEC §4's postMessage mode
-    result: CacheResult | None  # None: no lookup (waiting, or no customer key in the context)
+    lookup: Lookup | None  # None for the waiting shell
     parts: list[bytes]  # the fragment's HTML as UTF-8 pieces; empty for the waiting shell
     token: str
     claims: SessionClaims
 
     @property
     def customer(self) -> Customer | None:
-        return self.result.customer if self.result else None
+        return self.lookup.customer if self.lookup else None
 
     @property
     def html(self) -> str:
         return b"".join(self.parts).decode()
 
 
-def lookup_keys(context: SurfaceContext) -> LookupKeys:
-    return LookupKeys(
-        partner_id=context.partner_id,
-        phone=context.phone,
-        email=context.customer_email,
-        uid=context.user_id,
-        union_id=context.union_id,
-    )
+def customer_keys(customer: Customer) -> dict[str, str]:
+    """The customer's values of the lookup names, to hold against a context's keys."""
+    return {"partnerId": customer.partnerId, "phone": customer.phone, "email": customer.email, "uid": customer.uid,
+            "unionId": customer.unionId}  # fmt: skip
 
 
 class PanelCore:
@@ -76,14 +86,18 @@ class PanelCore:
         tokens: SessionTokens,
         metrics: Metrics,
         session_ttl_s: int,
+        session_max_age_s: int,
         boot: dict[str, Any],
+        trusted_unsigned: frozenset[str] = frozenset(),
     ) -> None:
         self.signer = signer
         self.cache = cache
         self.renderer = renderer
         self.tokens = tokens
         self._metrics = metrics
+        self._trusted = trusted_unsigned
         self._ttl_ms = session_ttl_s * 1000
+        self._max_age_ms = session_max_age_s * 1000
         self._boot = boot  # deployment-wide boot data (origins, card format, ...)
 
     # --- verify ----------------------------------------------------------------------------------
@@ -93,10 +107,12 @@ class PanelCore:
 
         A refused sign is counted here, by reason, whichever way it arrived."""
         try:
-            verify_sign(surface, context.fields, self.signer.policy, now_ms())
+            mode = verify_sign(surface, context.fields, self.signer.policy, now_ms())
         except SignError as error:
             self._metrics.sign_failures.labels(error.code).inc()
             raise
+        if mode is SignMode.SECRET_PREVIOUS:
+            self._metrics.previous_secret_signs.inc()  # the rotation is not over while this still counts
         return context
 
     def verify_query(self, surface: Surface, raw_query: str) -> SurfaceContext:
@@ -109,42 +125,80 @@ class PanelCore:
 
     # --- build -----------------------------------------------------------------------------------
 
-    async def build(self, surface: Surface, context: SurfaceContext | None, lang: Lang, view: View | None) -> Panel:
-        """Look the context's customer up and render it, with a fresh session token for what is shown."""
-        result = await self._lookup(context) if context is not None else None
-        parts = self._fragment(surface, context, result, lang, view) if context is not None else []
-        claims = self._claims(surface, context, result.customer if result else None)
-        return Panel(surface, context, result, parts, self.tokens.issue(claims), claims)
+    async def build(
+        self,
+        surface: Surface,
+        context: SurfaceContext | None,
+        lang: Lang,
+        view: View | None,
+        *,
+        session: SessionClaims | None = None,
+        signed_now: bool = True,
+    ) -> Panel:
+        """Look the context's customer up and render it, with a token for what is shown.
 
-    async def _lookup(self, context: SurfaceContext) -> CacheResult | None:
-        keys = lookup_keys(context)
-        if keys.is_empty:
-            return None
+        `session`: the session this panel continues (a relay or a resync on an open socket keeps its id);
+        `signed_now`: the context's sign was verified just now (a page load, a relayed `selected`), so the
+        session's absolute lifetime starts again; a resync of the context a token already holds keeps it."""
+        found = await self.lookup(surface, context) if context is not None else None
+        parts = self._fragment(context, found, lang, view) if context is not None and found is not None else []
+        claims = self._claims(surface, context, found.customer if found else None, session, signed_now)
+        return Panel(surface, context, found, parts, self.tokens.issue(claims), claims)
+
+    async def lookup(self, surface: Surface, context: SurfaceContext) -> Lookup:
+        """The customer the context's trusted keys select (ARCHITECTURE, "The trust model")."""
+        selection = select_customer(surface, context, sign_mode(surface, self.signer.policy), self._trusted)
+        if not selection.has_customer_key:
+            return Lookup(selection, None, verified=False)
         try:
-            result = await self.cache.get(keys)
+            result = await self.cache.get(selection.keys)
         except UpstreamError as error:
             raise Unavailable(Code.UPSTREAM_UNAVAILABLE) from error
         self._metrics.cache_lookups.labels(result.source).inc()
-        return result
+        if result.customer is None:
+            return Lookup(selection, result, verified=False)
+        held = customer_keys(result.customer)
+        for field in disagreements(selection, held):
+            # An unsigned key that contradicts the signed one never wins; it is counted, not shown.
+            self._metrics.unsigned_disagreements.labels(surface.value, field).inc()
+        return Lookup(selection, result, verified=selection.secret and matches(selection.signed, held))
 
-    def _fragment(
-        self, surface: Surface, context: SurfaceContext, result: CacheResult | None, lang: Lang, view: View | None
-    ) -> list[bytes]:
-        tried = result.tried if result else lookup_keys(context).ordered()
-        customer = result.customer if result else None
-        stale = bool(result and result.stale)
-        return self.renderer.fragment_parts(customer, context, lang, view, stale=stale, tried=tried)
+    def _fragment(self, context: SurfaceContext, found: Lookup, lang: Lang, view: View | None) -> list[bytes]:
+        result = found.result
+        return self.renderer.fragment_parts(
+            found.customer,
+            context,
+            lang,
+            view,
+            stale=bool(result and result.stale),
+            tried=result.tried if result else [],
+            verified=found.verified,
+            no_signed_key=found.selection.secret and not found.selection.has_customer_key,
+            received=list(found.selection.narrowing),
+        )
 
-    def _claims(self, surface: Surface, context: SurfaceContext | None, customer: Customer | None) -> SessionClaims:
+    def _claims(
+        self,
+        surface: Surface,
+        context: SurfaceContext | None,
+        customer: Customer | None,
+        session: SessionClaims | None,
+        signed_now: bool,
+    ) -> SessionClaims:
+        now = now_ms()
+        born = now if signed_now or session is None else session.born_ms
         return SessionClaims(
             surface=surface.value,
             agent=context.agent if context else "",
-            partner_id=(customer.partnerId if customer else "") or (context.partner_id if context else ""),
+            # only the customer the panel shows (found by trusted keys), never an unsigned field as sent
+            partner_id=customer.partnerId if customer else "",
             uid=context.user_id if context else "",
             cid=context.chat_id if context else "",
             mini_program=bool(customer and customer.channel == "miniprogram"),
-            expires_ms=now_ms() + self._ttl_ms,
+            expires_ms=min(now + self._ttl_ms, born + self._max_age_ms),
             context=tuple((k, v) for k, v in context.fields.items() if k != "sign" and v) if context else (),
+            born_ms=born,
+            session_id=session.session_id if session else secrets.token_hex(8),
         )
 
     # --- pages and sessions ----------------------------------------------------------------------
@@ -172,9 +226,11 @@ class PanelCore:
         return parse_fields(Surface(claims.surface), dict(claims.context))
 
     def renewed(self, claims: SessionClaims) -> tuple[SessionClaims, str] | None:
-        """Past half its life a session is renewed, so a long-lived panel never holds a dead token."""
+        """Past half its life a token is renewed, so a long-lived panel never holds a dead one; never past
+        the session's absolute end (`born + max age`), after which only a freshly signed context will do."""
         now = now_ms()
-        if claims.expires_ms - now >= self._ttl_ms // 2:
+        expires = min(now + self._ttl_ms, claims.born_ms + self._max_age_ms)
+        if claims.expires_ms - now >= self._ttl_ms // 2 or expires <= claims.expires_ms:
             return None
-        fresh = dataclasses.replace(claims, expires_ms=now + self._ttl_ms)
+        fresh = dataclasses.replace(claims, expires_ms=expires)
         return fresh, self.tokens.issue(fresh)

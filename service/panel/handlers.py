@@ -16,9 +16,8 @@ from ..appkeys import AUDIT, CACHE, CATALOG, CORE, METRICS, SETTINGS, TICKET_FIE
 from ..audit.producer import AuditRecord
 from ..audit.spool import SpoolError
 from ..clock import now_ms
-from ..errors import Code, PanelError, PayloadError, Unavailable
+from ..errors import Code, PanelError, PayloadError, TokenError, Unavailable
 from ..protocol.cards import build_message
-from ..protocol.security import TokenError
 from ..protocol.send import parse_send
 from ..protocol.surfaces import Surface, View, parse_surface, parse_view
 from ..redis import REDIS_DOWN

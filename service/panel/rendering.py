@@ -200,15 +200,25 @@ class Renderer:
         *,
         stale: bool,
         tried: list[tuple[str, str]],
+        verified: bool = True,
+        no_signed_key: bool = False,
+        received: list[tuple[str, str]] | None = None,
     ) -> list[bytes]:
-        """The fragment as UTF-8 pieces: only the per-conversation parts are rendered and encoded here."""
+        """The fragment as UTF-8 pieces: only the per-conversation parts are rendered and encoded here.
+
+        `verified`: Sobot's sign vouches for the customer shown (else the header says it is unverified);
+        `no_signed_key`: the sign covers no customer key, so no customer is shown, only what was `received`."""
         t = self.t(lang)
         header = self._jinja.get_template("_context.html").render(
-            t=t, customer=customer, context=context, stale=stale,
+            t=t, customer=customer, context=context, stale=stale, verified=verified,
             display_fields=context.display_fields() if context else [],
         )  # fmt: skip
         if customer is None:
-            return [header.encode(), self._jinja.get_template("_not_found.html").render(t=t, tried=tried).encode()]
+            if no_signed_key:
+                body = self._jinja.get_template("_no_verified_customer.html").render(t=t, received=received or [])
+            else:
+                body = self._jinja.get_template("_not_found.html").render(t=t, tried=tried)
+            return [header.encode(), body.encode()]
         _, (before, after) = self._customer_views(customer, lang, view)
         params = context.params if context else {}
         params_html = self._jinja.get_template("_params.html").render(t=t, params=params) if params else ""

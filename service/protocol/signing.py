@@ -15,6 +15,7 @@ admin testing an old URL reads "expired 17 min ago" rather than a bare mismatch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ _SECONDS_LIMIT = 100_000_000_000
 
 class SignMode(StrEnum):
     SECRET = "secret"
+    SECRET_PREVIOUS = "secret-previous"  # verified with PANEL_SECRET_PREVIOUS during a key rotation
     LEGACY = "legacy"
     WECOM = "wecom"
     WECOM_SECRET = "wecom-secret"
@@ -43,6 +45,7 @@ class SignPolicy:
     secret: str | None
     wecom_secret: str | None
     max_age_s: int = 300
+    previous_secret: str | None = None  # Sobot's old key, accepted while a rotation is under way
 
 
 def md5_hex(*parts: str) -> str:
@@ -101,10 +104,14 @@ def verify_sign(surface: Surface, fields: Mapping[str, str], policy: SignPolicy,
             raise SignError(Code.SIGN_EXPIRED, field=name, minutes=age_ms // 60_000, seconds=age_ms // 1000)
         if -age_ms > limit_ms:
             raise SignError(Code.SIGN_FUTURE, field=name, minutes=-age_ms // 60_000, seconds=-age_ms // 1000)
-    expected = expected_sign(surface, fields, policy)
-    if not hmac.compare_digest(expected.encode("ascii"), sign.strip().lower().encode("utf-8")):
-        raise SignError(Code.SIGN_MISMATCH, field="sign")
-    return mode
+    given = sign.strip().lower().encode("utf-8")
+    if hmac.compare_digest(expected_sign(surface, fields, policy).encode("ascii"), given):
+        return mode
+    if mode is SignMode.SECRET and policy.previous_secret:
+        previous = dataclasses.replace(policy, secret=policy.previous_secret, previous_secret=None)
+        if hmac.compare_digest(expected_sign(surface, fields, previous).encode("ascii"), given):
+            return SignMode.SECRET_PREVIOUS
+    raise SignError(Code.SIGN_MISMATCH, field="sign")
 
 
 def sign_fields(surface: Surface, fields: Mapping[str, str], policy: SignPolicy, now_ms: int) -> dict[str, str]:
