@@ -54,8 +54,10 @@ from .panel.core import PanelCore, Signer
 from .panel.rendering import Renderer
 from .panel.wecom import WecomSecretClient
 from .protocol.security import content_security_policy
+from .protocol.surfaces import MAX_QUERY_LENGTH
 from .protocol.ticket_fields import load_ticket_fields
 from .protocol.tokens import SessionTokens
+from .redaction import keep_queries_out_of_logs
 from .redis import REDIS_DOWN, EmbeddedRedis, connect_any, keys_for, parse_redis_url
 from .settings import Settings
 
@@ -249,10 +251,19 @@ async def _close_sockets(app: web.Application) -> None:
 
 # --- the factory -----------------------------------------------------------------------------
 
+MAX_REQUEST_LINE = 2 * MAX_QUERY_LENGTH
+
 
 def create_app(settings: Settings) -> web.Application:
     web_dir = assets.check()
-    app = web.Application(middlewares=[observe, errors], client_max_size=256 * 1024)
+    keep_queries_out_of_logs()
+    app = web.Application(
+        middlewares=[observe, errors],
+        client_max_size=handlers.MAX_BODY_BYTES,
+        # Room for the documented query limit (16 KiB) twice over: within it our own handler answers,
+        # with a translated 414 past the limit; only beyond this does aiohttp's parser refuse by itself.
+        handler_args={"max_line_size": MAX_REQUEST_LINE, "max_field_size": MAX_REQUEST_LINE},
+    )
     catalog = Catalog.load()
     jinja = aiohttp_jinja2.setup(
         app,

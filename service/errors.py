@@ -17,6 +17,7 @@ class Code(StrEnum):
     BAD_IVR_JSON = "bad_ivr_json"
     BAD_PARAMS_JSON = "bad_params_json"
     BAD_TIMESTAMP = "bad_timestamp"
+    JSON_TOO_DEEP = "json_too_deep"
     DUPLICATE_FIELD = "duplicate_field"
     QUERY_TOO_LONG = "query_too_long"
     VALUE_TOO_LONG = "value_too_long"
@@ -44,6 +45,7 @@ class Code(StrEnum):
 
     # sends (HTTP 400/422) and the problems a payload can have
     BODY_NOT_JSON = "body_not_json"
+    BODY_TOO_LARGE = "body_too_large"
     UNKNOWN_KIND = "unknown_kind"
     BAD_EVENT_ID = "bad_event_id"
     PAYLOAD_INVALID = "payload_invalid"
@@ -113,6 +115,12 @@ class QueryError(PanelError):
     status = 400
 
 
+class QueryTooLong(QueryError):
+    """The query is longer than the documented limit (HTTP 414)."""
+
+    status = 414
+
+
 class SignError(PanelError):
     """The sign does not verify, or the timestamp is outside the window (HTTP 403)."""
 
@@ -135,6 +143,12 @@ class Unavailable(PanelError):
     """Redis and the upstream are both unavailable with nothing cached (HTTP 503)."""
 
     status = 503
+
+
+class TooLarge(PanelError):
+    """A request body beyond its limit (HTTP 413)."""
+
+    status = 413
 
 
 class PayloadError(PanelError):

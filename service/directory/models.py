@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from ..protocol.cards import MINI_PATH
+from ..protocol.ticket_fields import is_http_url
 
 # The query parameter names of `GET {base}/customers/lookup`, in the order they are tried.
 LOOKUP_NAMES = ("partnerId", "phone", "email", "uid", "unionId")
@@ -20,9 +23,31 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+# Links from the upstream reach pages (href, src) and cards: each kind keeps only what it may be; anything
+# else (`javascript:`, `data:`, a protocol-relative `//host`) becomes "" before a page ever sees it.
+def _web(value: str) -> str:
+    """A link an agent may open: absolute http(s)."""
+    return value if is_http_url(value) else ""
+
+
+def _image(value: str) -> str:
+    """An image: absolute http(s), or a path on this service (the sample pictures, `/static/...`)."""
+    return value if is_http_url(value) or (value.startswith("/") and not value.startswith("//")) else ""
+
+
+def _page(value: str) -> str:
+    """An order or product link: absolute http(s), or a mini-program page path (SPEC §5.2, §5.3)."""
+    return value if is_http_url(value) or MINI_PATH.match(value) else ""
+
+
+WebLink = Annotated[str, AfterValidator(_web)]
+ImageLink = Annotated[str, AfterValidator(_image)]
+PageLink = Annotated[str, AfterValidator(_page)]
+
+
 class Goods(_Model):
     name: str
-    pictureUrl: str = ""
+    pictureUrl: ImageLink = ""
 
 
 class Order(_Model):
@@ -31,7 +56,7 @@ class Order(_Model):
     statusText: str = ""
     createTime: int  # ms
     totalFee: int = Field(ge=0)  # fen
-    url: str = ""
+    url: PageLink = ""
     goods: list[Goods] = []
 
 
@@ -40,15 +65,15 @@ class Ticket(_Model):
     title: str
     status: str
     createTime: int  # ms
-    url: str = ""
+    url: WebLink = ""
 
 
 class Product(_Model):
     title: str
-    url: str
+    url: PageLink
     description: str = ""
     label: str = ""
-    thumbnail: str = ""
+    thumbnail: ImageLink = ""
 
 
 class Customer(_Model):

@@ -16,7 +16,8 @@ from ..appkeys import AUDIT, CACHE, CATALOG, CORE, METRICS, SETTINGS, TICKET_FIE
 from ..audit.producer import AuditRecord
 from ..audit.spool import SpoolError
 from ..clock import now_ms
-from ..errors import Code, PanelError, PayloadError, TokenError, Unavailable
+from ..errors import Code, PanelError, PayloadError, TokenError, TooLarge, Unavailable
+from ..protocol import jsonlimits
 from ..protocol.cards import build_message
 from ..protocol.send import parse_send
 from ..protocol.surfaces import Surface, View, parse_surface, parse_view
@@ -25,6 +26,8 @@ from .pages import request_lang
 
 log = logging.getLogger(__name__)
 
+# A card or ticket is a few KiB; the whole body of a send may not pass this.
+MAX_BODY_BYTES = 256 * 1024
 # Our own query parameters, never part of Sobot's signed context.
 OWN_PARAMS = {"lang"}
 
@@ -64,10 +67,7 @@ async def send(request: web.Request) -> web.Response:
     catalog = app[CATALOG]
     settings = app[SETTINGS]
     metrics = app[METRICS]
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise PanelError(Code.BODY_NOT_JSON) from None
+    body = await _json_body(request)
     # The session first: a request without a valid token learns nothing about what else is wrong.
     claims = app[CORE].session(str(body.get("token", "")) if isinstance(body, dict) else "")
     sent = parse_send(body)
@@ -119,6 +119,22 @@ async def send(request: web.Request) -> web.Response:
         {"ok": True, "entryId": appended.entry_id, "duplicate": appended.duplicate, "spooled": appended.spooled,
          "message": message}
     )  # fmt: skip
+
+
+async def _json_body(request: web.Request) -> object:
+    """The request's JSON, within the size and depth limits; a clear 4xx for anything else."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge(Code.BODY_TOO_LARGE, limit=MAX_BODY_BYTES) from None
+    try:
+        return jsonlimits.load(raw, max_bytes=MAX_BODY_BYTES)
+    except jsonlimits.JsonRefused as refused:
+        if refused.reason == "size":
+            raise TooLarge(Code.BODY_TOO_LARGE, limit=MAX_BODY_BYTES) from None
+        if refused.reason == "depth":
+            raise PanelError(Code.JSON_TOO_DEEP, field="body", limit=jsonlimits.MAX_DEPTH) from None
+        raise PanelError(Code.BODY_NOT_JSON) from None
 
 
 def bearer_ok(request: web.Request, expected: str) -> bool:

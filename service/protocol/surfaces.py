@@ -19,7 +19,8 @@ from urllib.parse import quote, unquote
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..clock import china_time
-from ..errors import Code, NotFound, QueryError
+from ..errors import Code, NotFound, QueryError, QueryTooLong
+from . import jsonlimits
 
 
 class Surface(StrEnum):
@@ -301,7 +302,7 @@ def split_query(raw: str) -> list[tuple[str, str]]:
     such as `a+b@x.cn` must reach the sign formula unchanged.
     """
     if len(raw) > MAX_QUERY_LENGTH:
-        raise QueryError(Code.QUERY_TOO_LONG, limit=MAX_QUERY_LENGTH)
+        raise QueryTooLong(Code.QUERY_TOO_LONG, limit=MAX_QUERY_LENGTH)
     pairs: list[tuple[str, str]] = []
     for piece in raw.split("&"):
         if not piece:
@@ -348,13 +349,19 @@ def _timestamp(name: str, raw: str) -> int | None:
     return int(raw)
 
 
+def _json(raw: str, field: str, code: Code) -> Any:
+    try:
+        return jsonlimits.load(raw, max_bytes=4 * MAX_VALUE_LENGTH)
+    except jsonlimits.JsonRefused as refused:
+        if refused.reason == "depth":
+            raise QueryError(Code.JSON_TOO_DEEP, field=field, limit=jsonlimits.MAX_DEPTH) from None
+        raise QueryError(code, field=field) from None
+
+
 def _params(raw: str) -> dict[str, Any]:
     if raw == "":
         return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise QueryError(Code.BAD_PARAMS_JSON, field="params") from None
+    value = _json(raw, "params", Code.BAD_PARAMS_JSON)
     if not isinstance(value, dict):
         raise QueryError(Code.BAD_PARAMS_JSON, field="params")
     return value
@@ -363,10 +370,7 @@ def _params(raw: str) -> dict[str, Any]:
 def _ivr_path(raw: str) -> list[IvrStep]:
     if raw == "":
         return []
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise QueryError(Code.BAD_IVR_JSON, field="ivrPath") from None
+    value = _json(raw, "ivrPath", Code.BAD_IVR_JSON)
     if not isinstance(value, list) or not all(isinstance(step, dict) for step in value):
         raise QueryError(Code.BAD_IVR_JSON, field="ivrPath")
     return [IvrStep(navKey=_text(step.get("navKey")), navName=_text(step.get("navName"))) for step in value]
