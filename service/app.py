@@ -180,8 +180,8 @@ async def _refresh_wecom(signer: Signer, client: WecomSecretClient) -> None:
 async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
     """The audit producer: the spool, a start-up replay of what was left on this host, the replayer."""
     settings = app[SETTINGS]
-    spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes) if settings.spool_max_bytes else None
-    audit = AuditLog(app[REDIS], app[KEYS], maxlen=settings.audit_maxlen, max_age_s=settings.audit_max_age, spool=spool)
+    spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes) if settings.spool_max_bytes else None
+    audit = AuditLog(app[REDIS], app[KEYS], spool=spool, idempotency_ttl_s=settings.audit_dedupe_ttl)
     app[AUDIT] = audit
     # What a previous run, or a worker that died, left on this host goes in before we serve.
     with contextlib.suppress(*REDIS_DOWN):

@@ -170,7 +170,7 @@ async def test_audit_appends_are_idempotent_and_read_back_through_a_group(topolo
     client, keys = topology.connect(), topology.keys()
     assert keys.audit_stream == ("{panel}:audit" if topology.cluster else "panel:audit")
     try:
-        audit = AuditLog(client, keys, maxlen=10_000)
+        audit = AuditLog(client, keys)
         first = await audit.append(record(1))
         again = await audit.append(record(1))
         assert not first.duplicate and again.duplicate and again.entry_id == first.entry_id

@@ -40,8 +40,8 @@ from ..clock import CHINA_TZ
 from ..redis import REDIS_DOWN, RedisClient, connect_any, keys_for
 from ..redis.keys import Keys
 from ..settings import Settings, describe_error, load_settings
-from .producer import FIELD_ORDER
 from .reader import AuditReader, Entry, iter_range, parse_time_bound
+from .record import FIELD_ORDER, schema_text
 
 KINDS = ("ticket", "order_card", "goods_card")
 CSV_HEADER = ("entry_id", *FIELD_ORDER)
@@ -88,6 +88,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
     export.set_defaults(run=cmd_export)
 
+    schema = actions.add_parser("schema", help="print the JSON Schema of an audit record")
+    schema.set_defaults(run=cmd_schema)
+
 
 # --- commands --------------------------------------------------------------------------------------
 
@@ -98,6 +101,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     return _run(_export_main, args)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """The record's JSON Schema as shipped in the package (no Redis, no settings needed)."""
+    sys.stdout.write(schema_text())
+    return 0
 
 
 def _run(main: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], args: argparse.Namespace) -> int:

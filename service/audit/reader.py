@@ -21,7 +21,8 @@ from redis.exceptions import ResponseError
 from ..clock import CHINA_TZ, now_ms
 from ..redis import REDIS_DOWN, RedisClient, as_text
 from ..redis.keys import Keys
-from .producer import DEAD_LETTER_MAXLEN, AuditRecord
+from .producer import DEAD_LETTER_MAXLEN
+from .record import AuditRecord
 from .spool import Spool
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class Entry:
     @property
     def record(self) -> AuditRecord:
         """The fields as an `AuditRecord` (raises `ValidationError` for an entry some other writer made)."""
-        return AuditRecord.model_validate(self.fields)
+        return AuditRecord.from_fields(self.fields)
 
 
 def _entry(raw_id: Any, raw_fields: Any) -> Entry:
