@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from . import assets, devhost, health
 from .appkeys import (
@@ -38,6 +39,7 @@ from .appkeys import (
     TICKET_FIELDS,
 )
 from .audit.producer import AuditLog
+from .audit.retention import Retention, RetentionPolicy
 from .audit.spool import Spool
 from .directory.cache import CustomerCache
 from .directory.plugins import load_directory
@@ -186,15 +188,44 @@ async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
     # What a previous run, or a worker that died, left on this host goes in before we serve.
     with contextlib.suppress(*REDIS_DOWN):
         await asyncio.wait_for(audit.replay_spool(), timeout=10.0)
+    policy = RetentionPolicy(
+        maxlen=None if settings.audit_max_age else settings.audit_maxlen,
+        max_age_s=settings.audit_max_age,
+        hard_maxlen=settings.audit_hard_limit,
+    )
+    retention = Retention(app[REDIS], app[KEYS], policy, on_forced=app[METRICS].audit_forced_drops.inc)
     stop = asyncio.Event()
-    replayer = asyncio.create_task(audit.run_replayer(stop), name="audit-spool-replayer")
+    tasks = [
+        asyncio.create_task(audit.run_replayer(stop), name="audit-spool-replayer"),
+        asyncio.create_task(retention.run(stop, interval_s=settings.audit_trim_interval), name="audit-retention"),
+    ]
     try:
         yield
     finally:
         stop.set()
-        await replayer
+        for task in tasks:
+            await task
         if spool is not None:
+            await _last_replay(audit, spool)
             spool.close()
+
+
+async def _last_replay(audit: AuditLog, spool: Spool, timeout_s: float = 5.0) -> None:
+    """On the way out: push what the spool holds while Redis answers, and say what stays on disk.
+
+    A pod deleted during a Redis outage takes an emptyDir spool with it; this line is what tells.
+    """
+    error = ""
+    try:
+        await asyncio.wait_for(audit.replay_spool(), timeout=timeout_s)
+    except (RedisError, OSError) as failure:  # REDIS_DOWN; TimeoutError is an OSError
+        error = f" (Redis: {type(failure).__name__})"
+    depth = await asyncio.to_thread(spool.depth)
+    if depth.records:
+        log.warning("audit spool: %d record(s) remain on disk at %s at exit%s; they are replayed by the next "
+                    "process that uses this directory", depth.records, spool.directory, error)  # fmt: skip
+    else:
+        log.info("audit spool: empty at exit")
 
 
 async def _live_ctx(app: web.Application) -> AsyncIterator[None]:

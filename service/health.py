@@ -9,7 +9,7 @@ import os
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .appkeys import AUDIT, KEYS, METRICS, REDIS
+from .appkeys import AUDIT, KEYS, METRICS, REDIS, SETTINGS
 from .audit.reader import update_metrics
 from .redis import REDIS_DOWN
 
@@ -30,5 +30,6 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
     with contextlib.suppress(*REDIS_DOWN):
-        await asyncio.wait_for(update_metrics(app[METRICS], app[REDIS], app[KEYS], app[AUDIT].spool), 1.0)
+        await asyncio.wait_for(update_metrics(app[METRICS], app[REDIS], app[KEYS], app[AUDIT].spool,
+                                            app[SETTINGS].audit_hard_limit), 1.0)  # fmt: skip
     return web.Response(body=app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -55,32 +55,63 @@ class Metrics:
         self.websockets = Gauge(
             "panel_websockets_open", "Open panel websockets", registry=self.registry, multiprocess_mode="livesum"
         )
+        # Under `serve --workers N` a gauge file per worker: "livemostrecent" keeps the value a live worker
+        # wrote last, and the supervisor's mark_process_dead() drops a dead worker's (with "max", a killed
+        # worker's group lag stayed on /metrics after Redis said 0).
+        live: Literal["livemostrecent"] = "livemostrecent"
         self.audit_stream_length = Gauge(
-            "panel_audit_stream_length", "Entries in the audit stream", registry=self.registry, multiprocess_mode="max"
+            "panel_audit_stream_length", "Entries in the audit stream", registry=self.registry, multiprocess_mode=live
         )
+        self.audit_hard_maxlen = Gauge(
+            "panel_audit_stream_hard_maxlen", "The audit stream's hard ceiling (PANEL_AUDIT_HARD_MAXLEN)",
+            registry=self.registry, multiprocess_mode=live,
+        )  # fmt: skip
         self.audit_dead_letter_length = Gauge(
             "panel_audit_dead_letter_length",
             "Entries in the audit dead-letter stream",
             registry=self.registry,
-            multiprocess_mode="max",
+            multiprocess_mode=live,
         )
         self.audit_group_pending = Gauge(
             "panel_audit_group_pending", "Audit entries delivered to a consumer group and not acked", ["group"],
-            registry=self.registry, multiprocess_mode="max",
+            registry=self.registry, multiprocess_mode=live,
         )  # fmt: skip
         self.audit_group_lag = Gauge(
             "panel_audit_group_lag", "Audit entries not yet delivered to a consumer group", ["group"],
-            registry=self.registry, multiprocess_mode="max",
+            registry=self.registry, multiprocess_mode=live,
         )  # fmt: skip
+        self.audit_group_oldest_unacked = Gauge(
+            "panel_audit_group_oldest_unacked_seconds",
+            "Age of the oldest audit entry a consumer group has not acknowledged (0: none); retention keeps it",
+            ["group"], registry=self.registry, multiprocess_mode=live,
+        )  # fmt: skip
+        self.audit_forced_drops = Counter(
+            "panel_audit_forced_drops",
+            "Audit entries a consumer group had not acknowledged, dropped under PANEL_AUDIT_HARD_MAXLEN",
+            registry=self.registry,
+        )
         self.audit_spool_records = Gauge(
             "panel_audit_spool_records", "Audit records on local disk waiting for Redis (whole host)",
-            registry=self.registry, multiprocess_mode="max",
+            registry=self.registry, multiprocess_mode="livemax",
         )  # fmt: skip
         self.audit_spool_bytes = Gauge(
             "panel_audit_spool_bytes",
             "Bytes of the local audit spool (whole host)",
             registry=self.registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
+        )
+        self.redis_up = Gauge(
+            "panel_redis_up", "1 while Redis answered this replica's last check (readiness or scrape), else 0",
+            registry=self.registry, multiprocess_mode=live,
+        )  # fmt: skip
+        # Websockets and event streams live for minutes to hours: timing them with requests would swamp
+        # the request latency histogram.
+        self.connection_seconds = Histogram(
+            "panel_connection_seconds",
+            "Lifetime of long-lived connections (panel websockets, the ops event stream) by route",
+            ["route"],
+            buckets=(1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 28800),
+            registry=self.registry,
         )
 
     def exposition(self) -> bytes:

@@ -180,7 +180,7 @@ async def test_audit_appends_are_idempotent_and_read_back_through_a_group(topolo
 
         entries = await client.xrange(keys.audit_stream)
         assert [fields for _id, fields in entries] == [record(1).fields(), record(2).fields()]
-        assert await client.get(keys.audit_idempotency(record(2).id)) == batch[1].entry_id
+        assert (await client.get(keys.audit_idempotency(record(2).id))).split()[0] == batch[1].entry_id
 
         reader = AuditReader(client, keys, "ops", "topology-test")
         assert await reader.ensure_group("0")

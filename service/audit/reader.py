@@ -23,6 +23,7 @@ from ..redis import REDIS_DOWN, RedisClient, as_text
 from ..redis.keys import Keys
 from .producer import DEAD_LETTER_MAXLEN
 from .record import AuditRecord
+from .retention import group_positions, parse_id
 from .spool import Spool
 
 if TYPE_CHECKING:
@@ -328,20 +329,41 @@ async def spool_stats(spool: Spool | None) -> SpoolStats:
     return SpoolStats(files=depth.files, records=depth.records, bytes=depth.bytes)
 
 
-async def update_metrics(metrics: Metrics, redis: RedisClient, keys: Keys, spool: Spool | None = None) -> None:
+async def oldest_unacked_ages(redis: RedisClient, keys: Keys, now: int | None = None) -> dict[str, float]:
+    """Per consumer group: seconds since the oldest entry it has not acknowledged reached the stream (0: none)."""
+    positions = await group_positions(redis, keys.audit_stream)
+    if not positions:
+        return {}
+    newest = await redis.xrevrange(keys.audit_stream, count=1) or []
+    last = parse_id(newest[0][0]) if newest else (0, 0)
+    moment = now_ms() if now is None else now
+    return {p.name: max(0.0, (moment - p.floor[0]) / 1000) if p.floor <= last else 0.0 for p in positions}
+
+
+async def update_metrics(
+    metrics: Metrics, redis: RedisClient, keys: Keys, spool: Spool | None = None, hard_maxlen: int | None = None
+) -> None:
     """Refresh the audit gauges (call it from /metrics). The spool is shared by the workers of a host,
     so each worker reports the whole directory: aggregate spool gauges with max(), not sum()."""
     spooled = await spool_stats(spool)
     metrics.audit_spool_records.set(spooled["records"])
     metrics.audit_spool_bytes.set(spooled["bytes"])
+    if hard_maxlen is not None:
+        metrics.audit_hard_maxlen.set(hard_maxlen)
     try:
         stats = await stream_stats(redis, keys)
+        ages = await oldest_unacked_ages(redis, keys)
     except REDIS_DOWN:
-        return  # the stream gauges keep their last values; /readyz reports the outage
+        metrics.redis_up.set(0)
+        return  # the stream gauges keep their last values; panel_redis_up says why
+    metrics.redis_up.set(1)
     metrics.audit_stream_length.set(stats["length"])
     metrics.audit_dead_letter_length.set(stats["dead_letter_length"])
     metrics.audit_group_pending.clear()
     metrics.audit_group_lag.clear()
+    metrics.audit_group_oldest_unacked.clear()
+    for name, age in ages.items():
+        metrics.audit_group_oldest_unacked.labels(name).set(age)
     for group in stats["groups"]:
         metrics.audit_group_pending.labels(group["name"]).set(group["pending"])
         if group["lag"] is not None:

@@ -20,9 +20,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-
-log = logging.getLogger(__name__)
-
 # Unix socket paths longer than this do not fit in sockaddr_un on Linux (108 bytes with the NUL).
 _MAX_SOCKET_PATH = 100
 
@@ -74,8 +71,16 @@ class EmbeddedRedis:
     Restarting keeps the same socket path and port, so clients reconnect to the same URL.
     """
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, extra_args: list[str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+        binary: str | None = None,
+    ):
         self.data_dir = data_dir.resolve()
+        self.binary = binary
         self.port = _free_port() if port == 0 else port
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
@@ -105,7 +110,7 @@ class EmbeddedRedis:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         args = [
-            find_redis_server(),
+            self.binary or find_redis_server(),
             "--port", str(self.port or 0),
             "--bind", "127.0.0.1",
             "--unixsocket", str(self.socket_path),
