@@ -13,11 +13,13 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 from collections.abc import AsyncIterator
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from aiohttp.web_runner import GracefulExit
 from redis.exceptions import RedisError
 
 from . import assets, devhost, health
@@ -31,6 +33,7 @@ from .appkeys import (
     EMBEDDED_REDIS,
     HUB,
     KEYS,
+    LIFECYCLE,
     METRICS,
     OPS_COUNTER,
     OPS_FEED,
@@ -45,6 +48,7 @@ from .directory.cache import CustomerCache
 from .directory.plugins import load_directory
 from .errors import PanelError
 from .i18n import Catalog
+from .lifecycle import Lifecycle
 from .live.endpoint import websocket
 from .live.hub import LiveHub
 from .middleware import errors, observe
@@ -268,6 +272,25 @@ async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
                 await asyncio.wait_for(task, 3.0)  # cancelled if the stop flag is not seen in time
 
 
+async def unready_on_sigterm(app: web.Application, *, delay: float) -> None:
+    """SIGTERM turns the replica unready at once (/readyz 503) and starts the drain `delay` seconds later,
+    so a balancer that probes readiness stops sending before the listener closes. (On Kubernetes the
+    preStop sleep plays that part; see deploy/README.md.) Replaces aiohttp's own SIGTERM handler."""
+    loop = asyncio.get_running_loop()
+
+    def graceful_exit() -> None:
+        raise GracefulExit()
+
+    def on_sigterm() -> None:
+        if app[LIFECYCLE].draining:
+            return
+        app[LIFECYCLE].draining = True
+        log.info("SIGTERM: not ready from now on; draining in %.1fs", delay)
+        loop.call_later(delay, graceful_exit)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+
+
 async def _close_sockets(app: web.Application) -> None:
     """SIGTERM: live panels get 1001 and reconnect elsewhere; ops feeds end so their browsers do too."""
     if HUB in app:
@@ -299,6 +322,7 @@ def create_app(settings: Settings) -> web.Application:
     app[KEYS] = keys_for(settings.redis_prefix, settings.redis_url, cluster=settings.redis_cluster)
     app[CATALOG] = catalog
     app[METRICS] = Metrics()
+    app[LIFECYCLE] = Lifecycle()
     app[TICKET_FIELDS] = load_ticket_fields(settings.ticket_fields)
 
     app.cleanup_ctx.extend([_redis_ctx, _panel_ctx, _wecom_ctx, _audit_ctx, _live_ctx, _ops_ctx])
@@ -325,4 +349,4 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "unready_on_sigterm"]

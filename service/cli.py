@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -65,16 +66,19 @@ def _use_uvloop() -> bool:
     return True
 
 
-def _run_one(settings: Settings, host: str, port: int, grace: float, *, reuse_port: bool) -> int:
+def _run_one(
+    settings: Settings, host: str, port: int, grace: float, *, reuse_port: bool, drain_delay: float = 0.0
+) -> int:
     from aiohttp import web
 
-    from .app import create_app
+    from .app import create_app, unready_on_sigterm
     from .observability import AccessLogger
 
     fast = _use_uvloop()
     log.info("sobot-panel worker %d listening on http://%s:%s%s", os.getpid(), host, port, " (uvloop)" if fast else "")
     app = create_app(settings)
     app.on_startup.append(_freeze_heap)
+    app.on_startup.append(functools.partial(unready_on_sigterm, delay=drain_delay))
     web.run_app(
         app,
         host=host,
@@ -118,7 +122,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
     metrics_dir.mkdir(parents=True)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     command = [sys.executable, "-m", "sobot_panel", "serve", "--worker", "--host", host, "--port", str(port),
-               "--grace", str(args.grace)]  # fmt: skip
+               "--grace", str(args.grace), "--drain-delay", str(args.drain_delay)]  # fmt: skip
     workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
     stopping = False
 
@@ -139,7 +143,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
                     mark_process_dead(worker.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
                     workers[index] = subprocess.Popen(command, env=env)
             time.sleep(0.5)
-        deadline = time.monotonic() + args.grace + 5
+        deadline = time.monotonic() + args.drain_delay + args.grace + 5
         for worker in workers:
             try:
                 worker.wait(max(0.1, deadline - time.monotonic()))
@@ -161,18 +165,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except assets.AssetError as error:
         print(f"sobot-panel: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     if args.worker:
-        return _run_one(settings, host, port, args.grace, reuse_port=True)
+        return _run_one(settings, host, port, args.grace, reuse_port=True, drain_delay=args.drain_delay)
     for warning in startup_warnings(settings):
         log.warning(warning)
     if settings.demo:
         log.info("open the Sobot host simulator: %s/dev/host", settings.base_url)
     if args.workers > 1:
         return _supervise(settings, args, host, port)
-    return _run_one(settings, host, port, args.grace, reuse_port=False)
+    return _run_one(settings, host, port, args.grace, reuse_port=False, drain_delay=args.drain_delay)
 
 
 def _parse_fields(pairs: Sequence[str]) -> dict[str, str]:
@@ -216,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default PANEL_HOST)")
     serve.add_argument("--port", type=int, help="listen port (default PANEL_PORT)")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM (default 10)")
+    serve.add_argument("--drain-delay", type=float, default=0.0,
+                       help="seconds between SIGTERM (readiness turns 503) and the drain (default 0)")  # fmt: skip
     serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=cmd_serve)
