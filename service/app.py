@@ -41,6 +41,7 @@ from .appkeys import (
     SETTINGS,
     TICKET_FIELDS,
 )
+from .audit import http as audit_http
 from .audit.producer import AuditLog
 from .audit.retention import Retention, RetentionPolicy
 from .audit.spool import Spool
@@ -337,6 +338,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_get("/embed/{surface}/{view}", handlers.embed_view)
     router.add_post("/panel/send", handlers.send)
     router.add_post("/api/partners/{partnerId}/invalidate", handlers.invalidate)
+    router.add_get("/api/audit", audit_http.audit_api)
     router.add_get("/ws", websocket)
     router.add_get("/ops", ops.guarded(ops.dashboard, page=True))
     router.add_get("/ops/entries/{entry_id}", ops.guarded(ops.entry_detail, page=True))

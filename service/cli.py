@@ -240,5 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .audit.cli import join_negative_values
+
+    args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     return int(args.run(args))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -368,3 +368,47 @@ async def update_metrics(
         metrics.audit_group_pending.labels(group["name"]).set(group["pending"])
         if group["lag"] is not None:
             metrics.audit_group_lag.labels(group["name"]).set(group["lag"])
+
+
+# --- pages for the HTTP API ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    entries: list[Entry]
+    next: str | None  # the cursor to continue after; None: the range is exhausted
+
+
+async def read_page(
+    redis: RedisClient,
+    keys: Keys,
+    start: str,
+    end: str,
+    accept: Callable[[dict[str, str]], bool],
+    *,
+    limit: int,
+    scan_budget: int,
+) -> Page:
+    """Up to `limit` entries with IDs in [start, end] that `accept` takes, scanning at most `scan_budget`.
+
+    The cursor is the ID of the last entry looked at that the next page must not repeat: the last one
+    returned when the page filled up, else the last one scanned. Following it until it is None returns
+    every matching entry exactly once (entries appended meanwhile after the cursor are found too).
+    """
+    found: list[Entry] = []
+    cursor = start
+    scanned = 0
+    while scanned < scan_budget:
+        chunk = min(max(limit, 100), scan_budget - scanned)
+        page = await redis.xrange(keys.audit_stream, min=cursor, max=end, count=chunk) or []
+        for raw_id, raw_fields in page:
+            entry = _entry(raw_id, raw_fields)
+            scanned += 1
+            if accept(entry.fields):
+                found.append(entry)
+                if len(found) == limit:
+                    return Page(found, entry.entry_id)
+        if len(page) < chunk:
+            return Page(found, None)
+        cursor = "(" + as_text(page[-1][0])
+    return Page(found, cursor[1:])
