@@ -62,7 +62,7 @@ from .panel.rendering import Renderer
 from .panel.wecom import WecomSecretClient
 from .protocol.security import SessionTokens, content_security_policy
 from .protocol.ticket_fields import load_ticket_fields
-from .redis import REDIS_DOWN, EmbeddedRedis, connect_any, keys_for, parse_redis_url
+from .redis import REDIS_DOWN, DataDirBusy, EmbeddedRedis, connect_any, keys_for, parse_redis_url
 from .settings import Settings
 
 log = logging.getLogger("sobot_panel")
@@ -76,7 +76,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     watcher: asyncio.Task[None] | None = None
     if url is None:
         server = EmbeddedRedis(settings.data_dir / "redis")
-        await asyncio.to_thread(server.start)
+        # Spawned on the loop's thread, which lives as long as the process: the child's parent-death
+        # signal follows the thread that started it (sobot_panel.redis.embedded).
+        await _spawn(server, lock_wait_s=10.0)
+        await asyncio.to_thread(server.wait_until_answers)
         app[EMBEDDED_REDIS] = server
         url = server.url
         log.info("embedded redis-server started (AOF on) under %s", server.data_dir)
@@ -97,6 +100,20 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.to_thread(app[EMBEDDED_REDIS].stop)
 
 
+async def _spawn(server: EmbeddedRedis, *, lock_wait_s: float) -> None:
+    """Spawn on this (the loop's) thread, waiting without blocking the loop for a server that is still
+    going away on the data directory (one a killed predecessor left, ending on its parent-death signal)."""
+    deadline = asyncio.get_running_loop().time() + lock_wait_s
+    while True:
+        try:
+            server.spawn(lock_wait_s=0.0)
+            return
+        except DataDirBusy:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def _watch_embedded(server: EmbeddedRedis) -> None:
     """A crashed child is reported loudly and started again, never hidden."""
     delay = 0.5
@@ -107,9 +124,10 @@ async def _watch_embedded(server: EmbeddedRedis) -> None:
             continue
         log.error("embedded redis-server died (%s); restarting it", server.log_tail(3))
         try:
-            await asyncio.to_thread(server.start)
+            await _spawn(server, lock_wait_s=10.0)
+            await asyncio.to_thread(server.wait_until_answers)
             log.warning("embedded redis-server is back")
-        except (OSError, RuntimeError, TimeoutError) as error:
+        except (OSError, RuntimeError) as error:  # DataDirBusy and TimeoutError too
             log.error("embedded redis-server did not restart: %s", error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)

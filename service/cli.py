@@ -14,8 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 from . import __version__, assets
 from .clock import now_ms
@@ -69,16 +73,28 @@ def _use_uvloop() -> bool:
 def _run_one(
     settings: Settings, host: str, port: int, grace: float, *, reuse_port: bool, drain_delay: float = 0.0
 ) -> int:
-    from aiohttp import web
-
     from .app import create_app, unready_on_sigterm
-    from .observability import AccessLogger
 
     fast = _use_uvloop()
     log.info("sobot-panel worker %d listening on http://%s:%s%s", os.getpid(), host, port, " (uvloop)" if fast else "")
     app = create_app(settings)
     app.on_startup.append(_freeze_heap)
     app.on_startup.append(functools.partial(unready_on_sigterm, delay=drain_delay))
+    from .redis import DataDirBusy
+
+    try:
+        _serve_app(app, host, port, grace, reuse_port=reuse_port)
+    except DataDirBusy as error:
+        print(f"sobot-panel: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _serve_app(app: web.Application, host: str, port: int, grace: float, *, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from .observability import AccessLogger
+
     web.run_app(
         app,
         host=host,
@@ -89,7 +105,6 @@ def _run_one(
         handle_signals=True,
         reuse_port=reuse_port or None,
     )
-    return 0
 
 
 async def _freeze_heap(_app: object) -> None:
@@ -104,14 +119,18 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
     """N worker processes on one port (SO_REUSEPORT); SIGTERM/SIGINT are passed on to every worker."""
     from prometheus_client.multiprocess import mark_process_dead
 
-    from .redis import EmbeddedRedis
+    from .redis import DataDirBusy, EmbeddedRedis
 
     env = dict(os.environ)
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None:
         # One embedded Redis for all workers: they must share cache, pub/sub and the audit stream.
         embedded = EmbeddedRedis(settings.data_dir / "redis")
-        embedded.start()
+        try:
+            embedded.start()
+        except DataDirBusy as error:
+            print(f"sobot-panel: {error}", file=sys.stderr)
+            return 2
         env["PANEL_REDIS_URL"] = embedded.url
         log.info("embedded redis-server started for %d workers at %s", args.workers, embedded.url)
     if settings.session_key_generated:
