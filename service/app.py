@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -310,6 +311,26 @@ async def unready_on_sigterm(app: web.Application, *, delay: float) -> None:
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
 
+async def _metrics_port_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With PANEL_METRICS_PORT, /metrics is served there only: the ingress routes PANEL_PORT, never this."""
+    settings = app[SETTINGS]
+    if settings.metrics_port is None:
+        yield
+        return
+    side = web.Application()
+    side.router.add_get("/metrics", functools.partial(health.metrics_of, app))
+    runner = web.AppRunner(side, access_log=None)
+    await runner.setup()
+    # Workers of `serve --workers N` share the port like the main one; any answers for all (multiprocess).
+    shared = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    site = web.TCPSite(runner, settings.host, settings.metrics_port, reuse_port=shared or None)
+    await site.start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
 async def _close_sockets(app: web.Application) -> None:
     """SIGTERM: live panels get 1001 and reconnect elsewhere; ops feeds end so their browsers do too."""
     if HUB in app:
@@ -344,13 +365,14 @@ def create_app(settings: Settings) -> web.Application:
     app[LIFECYCLE] = Lifecycle()
     app[TICKET_FIELDS] = load_ticket_fields(settings.ticket_fields)
 
-    app.cleanup_ctx.extend([_redis_ctx, _panel_ctx, _wecom_ctx, _audit_ctx, _live_ctx, _ops_ctx])
+    app.cleanup_ctx.extend([_redis_ctx, _panel_ctx, _wecom_ctx, _audit_ctx, _live_ctx, _ops_ctx, _metrics_port_ctx])
     app.on_shutdown.append(_close_sockets)
 
     router = app.router
     router.add_get("/healthz", health.healthz)
     router.add_get("/readyz", health.readyz)
-    router.add_get("/metrics", health.metrics)
+    if settings.metrics_port is None:
+        router.add_get("/metrics", health.metrics)
     router.add_get("/", handlers.index)
     router.add_get("/embed/{surface}", handlers.embed_panel)
     router.add_get("/embed/{surface}/{view}", handlers.embed_view)

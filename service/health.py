@@ -48,7 +48,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    app = request.app
+    return await metrics_of(request.app)
+
+
+async def metrics_of(app: web.Application, _request: web.Request | None = None) -> web.Response:
+    """The exposition for `app`; also served alone on PANEL_METRICS_PORT, away from the ingress."""
     with contextlib.suppress(*REDIS_DOWN):
         await asyncio.wait_for(update_metrics(app[METRICS], app[REDIS], app[KEYS], app[AUDIT].spool,
                                               app[SETTINGS].audit_hard_limit), 1.0)  # fmt: skip

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -29,6 +30,7 @@ from sobot_panel.settings import Settings
 from bench.enterprise import customers
 
 from .helpers.live import POLICY, boot_of, now_ms
+from .helpers.net import free_port
 from .test_send import first_order_card, send, token_for
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
@@ -182,3 +184,13 @@ def test_a_dead_workers_gauges_drop_out(tmp_path: Path) -> None:
     lag = [line for line in text.splitlines() if line.startswith("panel_audit_group_lag{")]
     assert lag == ['panel_audit_group_lag{group="warehouse"} 0.0'], lag
     assert "panel_audit_spool_records 0.0" in text
+
+
+async def test_metrics_on_their_own_port_only(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    port = free_port()
+    client = await aiohttp_client(create_app(make_settings(metrics_port=port, host="127.0.0.1")))
+    assert (await client.get("/metrics")).status == 404, "not on the port the ingress routes"
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        assert response.status == 200 and "sobot_panel_build_info" in await response.text()

@@ -126,6 +126,7 @@ class AuditReader:
         # pending list is scanned a slice per read rather than all at once.
         claimed: list[Entry] = []
         gone: list[str] = []
+        vanished = False
         for _ in range(max_rounds):
             cursor, page, *_deleted = await self._redis.xautoclaim(
                 self._stream, self.group, self.consumer, self.claim_idle_ms,
@@ -133,17 +134,27 @@ class AuditReader:
             )  # fmt: skip
             self._cursor = as_text(cursor)
             for raw_id, raw_fields in page:
-                if raw_fields is None:
-                    gone.append(as_text(raw_id))  # Redis 6.2: trimmed away while pending
+                if raw_id is None:
+                    vanished = True  # Redis 6.2: trimmed away while pending, and its ID not given back
+                elif raw_fields is None:
+                    gone.append(as_text(raw_id))
                 else:
                     claimed.append(_entry(raw_id, raw_fields))
             if self._cursor == "0-0" or len(claimed) >= count:
                 break
+        if vanished:
+            gone.extend(await self._vanished())
         if gone:
             await self._redis.xack(self._stream, self.group, *gone)
         if not claimed:
             return claimed
         return await self._park_exhausted(claimed)
+
+    async def _vanished(self) -> list[str]:
+        """What this consumer holds pending whose entry is no longer in the stream (Redis 6.2 only)."""
+        rows = await self._redis.xpending_range(self._stream, self.group, "-", "+", 100, consumername=self.consumer)
+        ids = [as_text(row["message_id"]) for row in rows]
+        return [entry_id for entry_id in ids if not await self._redis.xrange(self._stream, entry_id, entry_id)]
 
     async def _park_exhausted(self, claimed: list[Entry]) -> list[Entry]:
         async with self._redis.pipeline(transaction=False) as pipe:
