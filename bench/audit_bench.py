@@ -94,7 +94,7 @@ async def timed(seconds: float, step: Callable[[int], Awaitable[int]], workers: 
 async def producer_rates(redis_url: str, seconds: float) -> list[tuple[str, float]]:
     client = connect(redis_url)
     keys = Keys("bench-audit:")
-    audit = AuditLog(client, keys, maxlen=MAXLEN)
+    audit = AuditLog(client, keys)
     template = sample_record("template-0001")
     fields = template.fields()
     raw_key = "bench-raw:audit"

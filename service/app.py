@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
+import signal
 from collections.abc import AsyncIterator
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from aiohttp.web_runner import GracefulExit
+from redis.exceptions import RedisError
 
 from . import assets, devhost, health
 from .appkeys import (
@@ -30,6 +34,7 @@ from .appkeys import (
     EMBEDDED_REDIS,
     HUB,
     KEYS,
+    LIFECYCLE,
     METRICS,
     OPS_COUNTER,
     OPS_FEED,
@@ -37,12 +42,15 @@ from .appkeys import (
     SETTINGS,
     TICKET_FIELDS,
 )
+from .audit import http as audit_http
 from .audit.producer import AuditLog
+from .audit.retention import Retention, RetentionPolicy
 from .audit.spool import Spool
 from .directory.cache import CustomerCache
 from .directory.plugins import load_directory
 from .errors import PanelError
 from .i18n import Catalog
+from .lifecycle import Lifecycle
 from .live.endpoint import websocket
 from .live.hub import LiveHub
 from .middleware import errors, observe
@@ -58,7 +66,7 @@ from .protocol.surfaces import MAX_QUERY_LENGTH
 from .protocol.ticket_fields import load_ticket_fields
 from .protocol.tokens import SessionTokens
 from .redaction import keep_queries_out_of_logs
-from .redis import REDIS_DOWN, EmbeddedRedis, connect_any, keys_for, parse_redis_url
+from .redis import REDIS_DOWN, DataDirBusy, EmbeddedRedis, connect_any, keys_for, parse_redis_url
 from .settings import Settings
 
 log = logging.getLogger("sobot_panel")
@@ -72,7 +80,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     watcher: asyncio.Task[None] | None = None
     if url is None:
         server = EmbeddedRedis(settings.data_dir / "redis")
-        await asyncio.to_thread(server.start)
+        # Spawned on the loop's thread, which lives as long as the process: the child's parent-death
+        # signal follows the thread that started it (sobot_panel.redis.embedded).
+        await _spawn(server, lock_wait_s=10.0)
+        await asyncio.to_thread(server.wait_until_answers)
         app[EMBEDDED_REDIS] = server
         url = server.url
         log.info("embedded redis-server started (AOF on) under %s", server.data_dir)
@@ -93,6 +104,20 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.to_thread(app[EMBEDDED_REDIS].stop)
 
 
+async def _spawn(server: EmbeddedRedis, *, lock_wait_s: float) -> None:
+    """Spawn on this (the loop's) thread, waiting without blocking the loop for a server that is still
+    going away on the data directory (one a killed predecessor left, ending on its parent-death signal)."""
+    deadline = asyncio.get_running_loop().time() + lock_wait_s
+    while True:
+        try:
+            server.spawn(lock_wait_s=0.0)
+            return
+        except DataDirBusy:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def _watch_embedded(server: EmbeddedRedis) -> None:
     """A crashed child is reported loudly and started again, never hidden."""
     delay = 0.5
@@ -103,9 +128,10 @@ async def _watch_embedded(server: EmbeddedRedis) -> None:
             continue
         log.error("embedded redis-server died (%s); restarting it", server.log_tail(3))
         try:
-            await asyncio.to_thread(server.start)
+            await _spawn(server, lock_wait_s=10.0)
+            await asyncio.to_thread(server.wait_until_answers)
             log.warning("embedded redis-server is back")
-        except (OSError, RuntimeError, TimeoutError) as error:
+        except (OSError, RuntimeError) as error:  # DataDirBusy and TimeoutError too
             log.error("embedded redis-server did not restart: %s", error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
@@ -184,21 +210,50 @@ async def _refresh_wecom(signer: Signer, client: WecomSecretClient) -> None:
 async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
     """The audit producer: the spool, a start-up replay of what was left on this host, the replayer."""
     settings = app[SETTINGS]
-    spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_max_bytes) if settings.spool_max_bytes else None
-    audit = AuditLog(app[REDIS], app[KEYS], maxlen=settings.audit_maxlen, max_age_s=settings.audit_max_age, spool=spool)
+    spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes) if settings.spool_max_bytes else None
+    audit = AuditLog(app[REDIS], app[KEYS], spool=spool, idempotency_ttl_s=settings.audit_dedupe_ttl)
     app[AUDIT] = audit
     # What a previous run, or a worker that died, left on this host goes in before we serve.
     with contextlib.suppress(*REDIS_DOWN):
         await asyncio.wait_for(audit.replay_spool(), timeout=10.0)
+    policy = RetentionPolicy(
+        maxlen=None if settings.audit_max_age else settings.audit_maxlen,
+        max_age_s=settings.audit_max_age,
+        hard_maxlen=settings.audit_hard_limit,
+    )
+    retention = Retention(app[REDIS], app[KEYS], policy, on_forced=app[METRICS].audit_forced_drops.inc)
     stop = asyncio.Event()
-    replayer = asyncio.create_task(audit.run_replayer(stop), name="audit-spool-replayer")
+    tasks = [
+        asyncio.create_task(audit.run_replayer(stop), name="audit-spool-replayer"),
+        asyncio.create_task(retention.run(stop, interval_s=settings.audit_trim_interval), name="audit-retention"),
+    ]
     try:
         yield
     finally:
         stop.set()
-        await replayer
+        for task in tasks:
+            await task
         if spool is not None:
+            await _last_replay(audit, spool)
             spool.close()
+
+
+async def _last_replay(audit: AuditLog, spool: Spool, timeout_s: float = 5.0) -> None:
+    """On the way out: push what the spool holds while Redis answers, and say what stays on disk.
+
+    A pod deleted during a Redis outage takes an emptyDir spool with it; this line is what tells.
+    """
+    error = ""
+    try:
+        await asyncio.wait_for(audit.replay_spool(), timeout=timeout_s)
+    except (RedisError, OSError) as failure:  # REDIS_DOWN; TimeoutError is an OSError
+        error = f" (Redis: {type(failure).__name__})"
+    depth = await asyncio.to_thread(spool.depth)
+    if depth.records:
+        log.warning("audit spool: %d record(s) remain on disk at %s at exit%s; they are replayed by the next "
+                    "process that uses this directory", depth.records, spool.directory, error)  # fmt: skip
+    else:
+        log.info("audit spool: empty at exit")
 
 
 async def _live_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -241,6 +296,45 @@ async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
                 await asyncio.wait_for(task, 3.0)  # cancelled if the stop flag is not seen in time
 
 
+async def unready_on_sigterm(app: web.Application, *, delay: float) -> None:
+    """SIGTERM turns the replica unready at once (/readyz 503) and starts the drain `delay` seconds later,
+    so a balancer that probes readiness stops sending before the listener closes. (On Kubernetes the
+    preStop sleep plays that part; see deploy/README.md.) Replaces aiohttp's own SIGTERM handler."""
+    loop = asyncio.get_running_loop()
+
+    def graceful_exit() -> None:
+        raise GracefulExit()
+
+    def on_sigterm() -> None:
+        if app[LIFECYCLE].draining:
+            return
+        app[LIFECYCLE].draining = True
+        log.info("SIGTERM: not ready from now on; draining in %.1fs", delay)
+        loop.call_later(delay, graceful_exit)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+
+
+async def _metrics_port_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With PANEL_METRICS_PORT, /metrics is served there only: the ingress routes PANEL_PORT, never this."""
+    settings = app[SETTINGS]
+    if settings.metrics_port is None:
+        yield
+        return
+    side = web.Application()
+    side.router.add_get("/metrics", functools.partial(health.metrics_of, app))
+    runner = web.AppRunner(side, access_log=None)
+    await runner.setup()
+    # Workers of `serve --workers N` share the port like the main one; any answers for all (multiprocess).
+    shared = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    site = web.TCPSite(runner, settings.host, settings.metrics_port, reuse_port=shared or None)
+    await site.start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
 async def _close_sockets(app: web.Application) -> None:
     """SIGTERM: live panels get 1001 and reconnect elsewhere; ops feeds end so their browsers do too."""
     if HUB in app:
@@ -281,20 +375,23 @@ def create_app(settings: Settings) -> web.Application:
     app[KEYS] = keys_for(settings.redis_prefix, settings.redis_url, cluster=settings.redis_cluster)
     app[CATALOG] = catalog
     app[METRICS] = Metrics()
+    app[LIFECYCLE] = Lifecycle()
     app[TICKET_FIELDS] = load_ticket_fields(settings.ticket_fields)
 
-    app.cleanup_ctx.extend([_redis_ctx, _panel_ctx, _wecom_ctx, _audit_ctx, _live_ctx, _ops_ctx])
+    app.cleanup_ctx.extend([_redis_ctx, _panel_ctx, _wecom_ctx, _audit_ctx, _live_ctx, _ops_ctx, _metrics_port_ctx])
     app.on_shutdown.append(_close_sockets)
 
     router = app.router
     router.add_get("/healthz", health.healthz)
     router.add_get("/readyz", health.readyz)
-    router.add_get("/metrics", health.metrics)
+    if settings.metrics_port is None:
+        router.add_get("/metrics", health.metrics)
     router.add_get("/", handlers.index)
     router.add_get("/embed/{surface}", handlers.embed_panel)
     router.add_get("/embed/{surface}/{view}", handlers.embed_view)
     router.add_post("/panel/send", handlers.send)
     router.add_post("/api/partners/{partnerId}/invalidate", handlers.invalidate)
+    router.add_get("/api/audit", audit_http.audit_api)
     router.add_get("/ws", websocket)
     router.add_get("/ops", ops.guarded(ops.dashboard, page=True))
     router.add_get("/ops/entries/{entry_id}", ops.guarded(ops.entry_detail, page=True))
@@ -307,4 +404,4 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "unready_on_sigterm"]

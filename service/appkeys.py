@@ -11,6 +11,7 @@ from .audit.producer import AuditLog
 from .directory.cache import CustomerCache
 from .directory.models import Directory
 from .i18n import Catalog
+from .lifecycle import Lifecycle
 from .live.hub import LiveHub
 from .observability import Metrics
 from .ops.feed import OpsCounter, OpsFeed
@@ -25,6 +26,7 @@ CATALOG = web.AppKey("catalog", Catalog)
 METRICS = web.AppKey("metrics", Metrics)
 TICKET_FIELDS = web.AppKey("ticket_fields", list[TicketField])
 CSP = web.AppKey("content_security_policy", str)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
 EMBEDDED_REDIS = web.AppKey("embedded_redis", EmbeddedRedis)
 REDIS = web.AppKey[RedisClient]("redis")

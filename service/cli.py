@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -13,8 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 from . import __version__, assets
 from .clock import now_ms
@@ -83,16 +88,31 @@ def _use_uvloop() -> bool:
     return True
 
 
-def _run_one(settings: Settings, host: str, port: int, grace: float, *, reuse_port: bool) -> int:
-    from aiohttp import web
-
-    from .app import create_app
-    from .observability import AccessLogger
+def _run_one(
+    settings: Settings, host: str, port: int, grace: float, *, reuse_port: bool, drain_delay: float = 0.0
+) -> int:
+    from .app import create_app, unready_on_sigterm
 
     fast = _use_uvloop()
     log.info("sobot-panel worker %d listening on http://%s:%s%s", os.getpid(), host, port, " (uvloop)" if fast else "")
     app = create_app(settings)
     app.on_startup.append(_freeze_heap)
+    app.on_startup.append(functools.partial(unready_on_sigterm, delay=drain_delay))
+    from .redis import DataDirBusy
+
+    try:
+        _serve_app(app, host, port, grace, reuse_port=reuse_port)
+    except DataDirBusy as error:
+        print(f"sobot-panel: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _serve_app(app: web.Application, host: str, port: int, grace: float, *, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from .observability import AccessLogger
+
     web.run_app(
         app,
         host=host,
@@ -103,7 +123,6 @@ def _run_one(settings: Settings, host: str, port: int, grace: float, *, reuse_po
         handle_signals=True,
         reuse_port=reuse_port or None,
     )
-    return 0
 
 
 async def _freeze_heap(_app: object) -> None:
@@ -118,14 +137,18 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
     """N worker processes on one port (SO_REUSEPORT); SIGTERM/SIGINT are passed on to every worker."""
     from prometheus_client.multiprocess import mark_process_dead
 
-    from .redis import EmbeddedRedis
+    from .redis import DataDirBusy, EmbeddedRedis
 
     env = dict(os.environ)
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None:
         # One embedded Redis for all workers: they must share cache, pub/sub and the audit stream.
         embedded = EmbeddedRedis(settings.data_dir / "redis")
-        embedded.start()
+        try:
+            embedded.start()
+        except DataDirBusy as error:
+            print(f"sobot-panel: {error}", file=sys.stderr)
+            return 2
         env["PANEL_REDIS_URL"] = embedded.url
         log.info("embedded redis-server started for %d workers at %s", args.workers, embedded.url)
     if settings.session_key_generated:
@@ -136,7 +159,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
     metrics_dir.mkdir(parents=True)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     command = [sys.executable, "-m", "sobot_panel", "serve", "--worker", "--host", host, "--port", str(port),
-               "--grace", str(args.grace)]  # fmt: skip
+               "--grace", str(args.grace), "--drain-delay", str(args.drain_delay)]  # fmt: skip
     workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
     stopping = False
 
@@ -157,7 +180,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
                     mark_process_dead(worker.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
                     workers[index] = subprocess.Popen(command, env=env)
             time.sleep(0.5)
-        deadline = time.monotonic() + args.grace + 5
+        deadline = time.monotonic() + args.drain_delay + args.grace + 5
         for worker in workers:
             try:
                 worker.wait(max(0.1, deadline - time.monotonic()))
@@ -179,18 +202,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except assets.AssetError as error:
         print(f"sobot-panel: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     if args.worker:
-        return _run_one(settings, host, port, args.grace, reuse_port=True)
+        return _run_one(settings, host, port, args.grace, reuse_port=True, drain_delay=args.drain_delay)
     for warning in startup_warnings(settings):
         log.warning(warning)
     if settings.demo:
         log.info("open the Sobot host simulator: %s/dev/host", settings.base_url)
     if args.workers > 1:
         return _supervise(settings, args, host, port)
-    return _run_one(settings, host, port, args.grace, reuse_port=False)
+    return _run_one(settings, host, port, args.grace, reuse_port=False, drain_delay=args.drain_delay)
 
 
 def _parse_fields(pairs: Sequence[str]) -> dict[str, str]:
@@ -234,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default PANEL_HOST)")
     serve.add_argument("--port", type=int, help="listen port (default PANEL_PORT)")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM (default 10)")
+    serve.add_argument("--drain-delay", type=float, default=0.0,
+                       help="seconds between SIGTERM (readiness turns 503) and the drain (default 0)")  # fmt: skip
     serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=cmd_serve)
@@ -252,5 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .audit.cli import join_negative_values
+
+    args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     return int(args.run(args))

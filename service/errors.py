@@ -76,6 +76,13 @@ class Code(StrEnum):
     TOO_SMALL = "too_small"
     UNKNOWN_FIELD = "unknown_field"
 
+    # the audit stream: a reused send id (HTTP 409), and the audit API's query (HTTP 400)
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    AUDIT_BAD_CURSOR = "audit_bad_cursor"
+    AUDIT_BAD_TIME = "audit_bad_time"
+    AUDIT_BAD_LIMIT = "audit_bad_limit"
+    AUDIT_BAD_KIND = "audit_bad_kind"
+
     # what is away or not configured (HTTP 503)
     API_TOKEN_NOT_CONFIGURED = "api_token_not_configured"
     OPS_TOKEN_NOT_CONFIGURED = "ops_token_not_configured"
@@ -137,6 +144,12 @@ class NotFound(PanelError):
     """Unknown surface or view (HTTP 404)."""
 
     status = 404
+
+
+class Conflict(PanelError):
+    """The request contradicts what was recorded before, e.g. a send id reused for other content (HTTP 409)."""
+
+    status = 409
 
 
 class Unavailable(PanelError):

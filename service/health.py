@@ -1,17 +1,27 @@
-"""Probes and metrics: `/healthz` (alive, no I/O), `/readyz` (can take traffic), `/metrics` (Prometheus)."""
+"""Probes and metrics: `/healthz` (alive, no I/O), `/readyz` (can take traffic), `/metrics` (Prometheus).
+
+Readiness (CONTRACT `/readyz`): started, not draining, and able to record sends, through Redis or, when
+Redis is away, the local spool. A shared Redis outage must not take every replica out of the Service at
+once: pages keep loading (the stale-if-error cache, the customer API) and sends go to the spool, so a
+replica stays ready as long as its spool can keep records. Redis health is the gauge `panel_redis_up`,
+for an alert, not a readiness condition.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .appkeys import AUDIT, KEYS, METRICS, REDIS
+from .appkeys import AUDIT, KEYS, LIFECYCLE, METRICS, REDIS, SETTINGS
 from .audit.reader import update_metrics
 from .redis import REDIS_DOWN
+
+PING_TIMEOUT_S = 0.5
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -20,15 +30,30 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    if app[LIFECYCLE].draining:
+        return web.json_response({"status": "draining"}, status=503)
+    body: dict[str, Any] = {"status": "ready", "redis": "up", "audit": "redis"}
     try:
-        await asyncio.wait_for(request.app[REDIS].ping(), timeout=1.0)
-    except REDIS_DOWN as error:
-        return web.json_response({"status": "unavailable", "redis": type(error).__name__}, status=503)
-    return web.json_response({"status": "ready"})
+        await asyncio.wait_for(app[REDIS].ping(), timeout=PING_TIMEOUT_S)
+        app[METRICS].redis_up.set(1)
+        return web.json_response(body)
+    except REDIS_DOWN:
+        app[METRICS].redis_up.set(0)
+    spool = app[AUDIT].spool
+    if spool is not None and await asyncio.to_thread(spool.can_take):
+        return web.json_response({**body, "redis": "down", "audit": "spool"})
+    audit = "spool_full" if spool is not None else "none"
+    return web.json_response({"status": "unavailable", "redis": "down", "audit": audit}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    app = request.app
+    return await metrics_of(request.app)
+
+
+async def metrics_of(app: web.Application, _request: web.Request | None = None) -> web.Response:
+    """The exposition for `app`; also served alone on PANEL_METRICS_PORT, away from the ingress."""
     with contextlib.suppress(*REDIS_DOWN):
-        await asyncio.wait_for(update_metrics(app[METRICS], app[REDIS], app[KEYS], app[AUDIT].spool), 1.0)
+        await asyncio.wait_for(update_metrics(app[METRICS], app[REDIS], app[KEYS], app[AUDIT].spool,
+                                              app[SETTINGS].audit_hard_limit), 1.0)  # fmt: skip
     return web.Response(body=app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

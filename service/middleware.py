@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from . import context
 from .appkeys import CSP, METRICS, REQUEST_ID
 from .errors import Code, PanelError
 from .observability import monotonic
@@ -23,10 +24,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, metrics, and the security headers every response carries (one layer for all three)."""
-    request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+    request_id = _clean_id(request.headers.get("X-Request-Id", "")) or secrets.token_hex(8)
     request[REQUEST_ID] = request_id
+    # Every log line written while this request is handled, and every call to the customer API, carry it.
+    id_token = context.REQUEST_ID.set(request_id)
+    trace_token = context.TRACEPARENT.set(context.valid_traceparent(request.headers.get("traceparent", "")))
     started = monotonic()
     status = 500
+    long_lived = False
     try:
         response = await handler(request)
         status = response.status
@@ -35,6 +40,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
         headers["X-Request-Id"] = request_id
+        long_lived = isinstance(response, web.WebSocketResponse) or response.content_type == "text/event-stream"
         return response
     except web.HTTPException as error:
         status = error.status
@@ -42,7 +48,15 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].request_done(route, status, monotonic() - started)
+        request.app[METRICS].request_done(route, status, monotonic() - started, long_lived=long_lived)
+        context.REQUEST_ID.reset(id_token)
+        context.TRACEPARENT.reset(trace_token)
+
+
+def _clean_id(value: str) -> str:
+    """A caller's request id, if it is a plain token (it lands in logs and in headers we send on)."""
+    value = value.strip()[:64]
+    return value if value and all(ch.isalnum() or ch in "-_.:" for ch in value) else ""
 
 
 @web.middleware

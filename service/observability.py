@@ -11,13 +11,31 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import sys
 import time
-from typing import Any, TextIO
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
 
+import aiohttp
+import pythonjsonlogger.json
+import redis
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import __version__, context
 
 
 class Metrics:
@@ -66,33 +84,69 @@ class Metrics:
         self.websockets = Gauge(
             "panel_websockets_open", "Open panel websockets", registry=self.registry, multiprocess_mode="livesum"
         )
+        # Under `serve --workers N` a gauge file per worker: "livemostrecent" keeps the value a live worker
+        # wrote last, and the supervisor's mark_process_dead() drops a dead worker's (with "max", a killed
+        # worker's group lag stayed on /metrics after Redis said 0).
+        live: Literal["livemostrecent"] = "livemostrecent"
         self.audit_stream_length = Gauge(
-            "panel_audit_stream_length", "Entries in the audit stream", registry=self.registry, multiprocess_mode="max"
+            "panel_audit_stream_length", "Entries in the audit stream", registry=self.registry, multiprocess_mode=live
         )
+        self.audit_hard_maxlen = Gauge(
+            "panel_audit_stream_hard_maxlen", "The audit stream's hard ceiling (PANEL_AUDIT_HARD_MAXLEN)",
+            registry=self.registry, multiprocess_mode=live,
+        )  # fmt: skip
         self.audit_dead_letter_length = Gauge(
             "panel_audit_dead_letter_length",
             "Entries in the audit dead-letter stream",
             registry=self.registry,
-            multiprocess_mode="max",
+            multiprocess_mode=live,
         )
         self.audit_group_pending = Gauge(
             "panel_audit_group_pending", "Audit entries delivered to a consumer group and not acked", ["group"],
-            registry=self.registry, multiprocess_mode="max",
+            registry=self.registry, multiprocess_mode=live,
         )  # fmt: skip
         self.audit_group_lag = Gauge(
             "panel_audit_group_lag", "Audit entries not yet delivered to a consumer group", ["group"],
-            registry=self.registry, multiprocess_mode="max",
+            registry=self.registry, multiprocess_mode=live,
         )  # fmt: skip
+        self.audit_group_oldest_unacked = Gauge(
+            "panel_audit_group_oldest_unacked_seconds",
+            "Age of the oldest audit entry a consumer group has not acknowledged (0: none); retention keeps it",
+            ["group"], registry=self.registry, multiprocess_mode=live,
+        )  # fmt: skip
+        self.audit_forced_drops = Counter(
+            "panel_audit_forced_drops",
+            "Audit entries a consumer group had not acknowledged, dropped under PANEL_AUDIT_HARD_MAXLEN",
+            registry=self.registry,
+        )
         self.audit_spool_records = Gauge(
             "panel_audit_spool_records", "Audit records on local disk waiting for Redis (whole host)",
-            registry=self.registry, multiprocess_mode="max",
+            registry=self.registry, multiprocess_mode="livemax",
         )  # fmt: skip
         self.audit_spool_bytes = Gauge(
             "panel_audit_spool_bytes",
             "Bytes of the local audit spool (whole host)",
             registry=self.registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
+        self.redis_up = Gauge(
+            "panel_redis_up", "1 while Redis answered this replica's last check (readiness or scrape), else 0",
+            registry=self.registry, multiprocess_mode=live,
+        )  # fmt: skip
+        self._register_process_info(self.registry)
+        # Websockets and event streams live for minutes to hours: timing them with requests would swamp
+        # the request latency histogram.
+        self.connection_seconds = Histogram(
+            "panel_connection_seconds",
+            "Lifetime of long-lived connections (panel websockets, the ops event stream) by route",
+            ["route"],
+            buckets=(1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 28800),
+            registry=self.registry,
+        )
+
+    def _register_process_info(self, registry: CollectorRegistry) -> None:
+        ProcessCollector(registry=registry)
+        registry.register(BuildInfo())
 
     def exposition(self) -> bytes:
         """The Prometheus text format. Under `serve --workers N` every worker writes its values to the
@@ -101,11 +155,19 @@ class Metrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            # process_* of the worker that answers (they cannot be summed across processes), and the build.
+            self._register_process_info(registry)
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
 
-    def request_done(self, route: str, status: int, seconds: float) -> None:
-        """Count and time one request; the labelled children are looked up once per route and status."""
+    def request_done(self, route: str, status: int, seconds: float, *, long_lived: bool = False) -> None:
+        """Count and time one request; the labelled children are looked up once per route and status.
+
+        A websocket or an event stream is timed in its own histogram (its lifetime, not a latency)."""
+        if long_lived:
+            self.requests.labels(route, str(status)).inc()
+            self.connection_seconds.labels(route).observe(seconds)
+            return
         key = (route, status)
         children = self._request_children.get(key)
         if children is None:
@@ -119,31 +181,99 @@ class Metrics:
         self.upstream_latency.observe(seconds)
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            entry.update(extra)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+class BuildInfo(Collector):
+    """`sobot_panel_build_info{version,python,aiohttp,redis_py} 1`: which build answers."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "sobot_panel_build_info", "The sobot-panel build and its runtime", labels=["version", "python", "aiohttp",
+                                                                                      "redis_py"],
+        )  # fmt: skip
+        family.add_metric([__version__, platform.python_version(), aiohttp.__version__, redis.__version__], 1)
+        yield family
 
 
-def configure_logging(log_format: str, level: int = logging.INFO) -> None:
+def rfc3339(seconds: float) -> str:
+    """`2026-11-24T02:00:01.123+00:00`: RFC 3339, UTC, milliseconds."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """One JSON object a line: `time` (RFC 3339), `level`, `logger`, `message`, then `request_id` while a
+    request is handled, any `extra` fields, and `exc` with a traceback (python-json-logger does the work)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "exc_info": "exc"},
+            json_ensure_ascii=False,
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return rfc3339(record.created)
+
+    def process_log_record(self, log_record: dict[str, Any]) -> dict[str, Any]:
+        log_record["level"] = str(log_record.get("level", "")).lower()
+        fields = log_record.pop("fields", None)
+        if isinstance(fields, dict):
+            log_record.update(fields)
+        if not log_record.get("request_id"):
+            log_record.pop("request_id", None)
+        return log_record
+
+
+class RequestContext(logging.Filter):
+    """Puts the id of the request being handled on every record (empty outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = context.REQUEST_ID.get()
+        return True
+
+
+class RateLimit(logging.Filter):
+    """A warning repeated within `window_s` (same logger, same message template) is written once; the next
+    one after the window says how many were held back (`suppressed`). During a Redis outage every
+    reconnecting loop would otherwise write a line a second on every replica."""
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._clock = clock
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        now = self._clock()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.window_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            record.suppressed = last[1]
+            record.msg = f"{record.msg} ({last[1]} more like this in the last {now - last[0]:.0f}s)"
+        if len(self._seen) > 1024:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return True
+
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure_logging(log_format: str, level: str | int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RequestContext())
+    handler.addFilter(RateLimit())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(LEVELS.get(level, logging.INFO) if isinstance(level, str) else level)
     global _ACCESS_SINK
     _ACCESS_SINK = AccessSink(sys.stderr, as_json=log_format == "json")
 
@@ -204,7 +334,8 @@ class AccessLogger(AbstractAccessLogger):
                              extra={"fields": fields})  # fmt: skip
             return
         if sink.as_json:
-            sink.write(json.dumps({"ts": round(time.time(), 3), "level": "info", "logger": "aiohttp.access",
+            sink.write(json.dumps({"time": rfc3339(time.time()), "level": "info", "logger": "aiohttp.access",
+                                   "message": f"{request.method} {request.path} {response.status}",
                                    "method": request.method, "path": request.path, "status": response.status,
                                    "ms": round(elapsed * 1000, 2), "request_id": request_id},
                                   ensure_ascii=False))  # fmt: skip

@@ -115,6 +115,25 @@ class Settings(BaseSettings):
     _session_key_generated: bool = PrivateAttr(default=False)
     log_format: Literal["text", "json"] = "text"
 
+    # --- operating at scale: audit retention and idempotency, the spool's place, logs, metrics ----------
+    # Entries kept past any consumer group's lag: beyond this length even unacknowledged entries are
+    # dropped (logged and counted). Unset: 10 x PANEL_AUDIT_MAXLEN.
+    audit_hard_maxlen: int | None = Field(default=None, ge=1)
+    # Seconds a send's idempotency key is kept: a retry within it is answered, never recorded twice.
+    audit_dedupe_ttl: int = Field(default=86_400, ge=60)
+    # Seconds between two retention passes (one replica trims at a time).
+    audit_trim_interval: float = Field(default=5.0, gt=0, le=3_600)
+    # Where the audit spool lives; a volume that outlives the pod keeps spooled records (deploy/README.md).
+    spool_dir: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Serve /metrics on this port only (not on PANEL_PORT, so an ingress never exposes it).
+    metrics_port: int | None = Field(default=None, ge=1, le=65_535)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @model_validator(mode="before")
     @classmethod
     def _given_values(cls, data: Any) -> Any:
@@ -242,6 +261,17 @@ class Settings(BaseSettings):
             return self.public_url
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def audit_hard_limit(self) -> int | None:
+        """The length past which even unacknowledged audit entries are dropped (CONTRACT: 10 x the length)."""
+        if self.audit_hard_maxlen is not None:
+            return self.audit_hard_maxlen
+        return self.audit_maxlen * 10 if self.audit_maxlen else None
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir if self.spool_dir is not None else self.data_dir / "spool"
 
     def secret_value(self) -> str | None:
         return self.secret.get_secret_value() if self.secret else None

@@ -25,9 +25,11 @@ from sobot_panel.redis import EmbeddedRedis
 from sobot_panel.redis.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
+CHINA = timezone(timedelta(hours=8))
 KEYS = Keys()  # the contract's key, panel:audit
 BOM = b"\xef\xbb\xbf"
-HEADER = ["entry_id", "kind", "id", "at", "surface", "agent", "partner_id", "uid", "cid", "payload"]
+HEADER = ["entry_id", "kind", "id", "at", "surface", "agent", "partner_id", "uid", "cid", "payload", "v", "sysnum",
+          "request_id"]  # fmt: skip
 
 
 def cli_command() -> list[str]:
@@ -204,8 +206,14 @@ async def test_export_csv_opens_in_excel_and_round_trips_chinese(
     assert raw.startswith(BOM)
     rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
     assert rows[0] == HEADER
-    assert rows[1:] == [[a.entry_id, *r.fields().values()] for a, r in zip(appended, records, strict=True)]
-    assert rows[2][-1] == tricky
+    expected = [[a.entry_id, *r.fields().values()] for a, r in zip(appended, records, strict=True)]
+    for row in expected:
+        row[HEADER.index("at")] = datetime.fromtimestamp(int(row[HEADER.index("at")]) / 1000, CHINA).isoformat(
+            timespec="milliseconds"
+        )
+    assert rows[1:] == expected
+    assert rows[1][HEADER.index("at")].endswith("+08:00"), "ISO 8601, China time"
+    assert rows[2][HEADER.index("payload")] == tricky
     assert not list(tmp_path.glob("*.part"))
 
     to_stdout = await asyncio.to_thread(
@@ -240,6 +248,53 @@ async def test_export_jsonl_by_range(redis_client: aioredis.Redis, redis_server:
     lines = [json.loads(line) for line in done.stdout.decode().splitlines()]
     assert [line["id"] for line in lines] == [record(n).id for n in (1, 2, 3)]
     assert lines[0]["at"] == record(1).at and lines[0]["entry_id"] == f"{record(1).at}-0"
+
+
+async def test_export_since_a_relative_time_written_apart(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """The README's own `audit export --since -1h` (argparse took `-1h` for an option)."""
+    now = int(time.time() * 1000)
+    await redis_client.xadd(KEYS.audit_stream, record(1).fields(), id=f"{now - 3 * 3_600_000}-0")  # type: ignore[arg-type]
+    await redis_client.xadd(KEYS.audit_stream, record(2).fields(), id=f"{now - 60_000}-0")  # type: ignore[arg-type]
+    for args in (("--since", "-1h"), ("--since=-1h",), ("--since", "-2h", "--until", "-30s")):
+        done = await asyncio.to_thread(run_cli, "export", *args, cwd=tmp_path, PANEL_REDIS_URL=redis_server.url)
+        assert done.returncode == 0, (args, done.stderr.decode())
+        assert [json.loads(line)["id"] for line in done.stdout.decode().splitlines()] == [record(2).id], args
+
+
+async def test_export_filters_by_kind_agent_and_partner(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    await AuditLog(redis_client, KEYS).append_many([record(n, "ticket" if n % 2 else "order_card") for n in range(6)])
+    cases = {
+        ("--kind", "ticket"): [1, 3, 5],
+        ("--agent", record(2).agent, "--agent", record(3).agent): [2, 3],
+        ("--partner", "P4", "--kind", "order_card"): [4],
+        ("--partner", "P4", "--kind", "ticket"): [],
+    }
+    for args, expected in cases.items():
+        done = await asyncio.to_thread(run_cli, "export", *args, cwd=tmp_path, PANEL_REDIS_URL=redis_server.url)
+        assert done.returncode == 0, done.stderr.decode()
+        assert [json.loads(line)["id"] for line in done.stdout.decode().splitlines()] == [
+            record(n).id for n in expected
+        ]
+
+
+async def test_export_into_a_closed_pipe_ends_quietly(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """`export ... | head` printed "Redis unavailable: [Errno 32] Broken pipe" and exited 1."""
+    await AuditLog(redis_client, KEYS).append_many([record(n) for n in range(3000)])
+    for fmt in ("jsonl", "csv"):
+        command = " ".join([*cli_command(), "audit", "export", "--format", fmt])
+        done = await asyncio.to_thread(
+            subprocess.run, ["bash", "-o", "pipefail", "-c", f"{command} | head -n 2"], cwd=tmp_path,
+            env=cli_env(PANEL_REDIS_URL=redis_server.url), capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
+        assert done.stderr == b"", done.stderr.decode()
+        assert len(done.stdout.splitlines()) == 2
 
 
 async def test_export_finds_the_embedded_server_by_its_socket(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from playwright.async_api import FrameLocator, Locator, Page, Route, expect
-from sobot_panel.audit.producer import EVENT_ID_PATTERN
 from sobot_panel.devhost import AGENT_EMAIL, FRAME_SIZES
 from sobot_panel.directory.models import Customer
+from sobot_panel.protocol.send import EVENT_ID_PATTERN
 from sobot_panel.protocol.surfaces import Surface, View
 from sobot_panel.protocol.ticket_fields import DEFAULT_TICKET_FIELDS
 
@@ -39,7 +39,20 @@ pytest_plugins = ["tests.helpers.browser"]
 pytestmark = BROWSER
 
 STREAM = "panel:audit"
-AUDIT_FIELDS = {"kind", "id", "at", "surface", "agent", "partner_id", "uid", "cid", "payload"}
+AUDIT_FIELDS = {
+    "kind",
+    "id",
+    "at",
+    "surface",
+    "agent",
+    "partner_id",
+    "uid",
+    "cid",
+    "payload",
+    "v",
+    "sysnum",
+    "request_id",
+}
 CARD_KEYS = {"cid", "uid", "msgType", "miniPage"}
 # The panel's CSP forbids eval, which a polling wait_for_function needs; a promise does not.
 IMAGES_LOADED = """() => Promise.all(Array.from(document.images, (img) => img.complete ? null :

@@ -94,13 +94,14 @@ def _merge(base: Any, patch: Any) -> Any:
     named = named and all(isinstance(item, dict) and "name" in item for item in [*base, *patch])
     if named:
         merged_list = list(base)
+        added = []
         for item in patch:
             index = next((i for i, old in enumerate(merged_list) if old["name"] == item["name"]), None)
             if index is None:
-                merged_list.append(copy.deepcopy(item))
+                added.append(copy.deepcopy(item))
             else:
                 merged_list[index] = _merge(merged_list[index], item)
-        return merged_list
+        return added + merged_list  # kustomize puts items the patch adds before the base's
     return copy.deepcopy(patch)
 
 
@@ -278,7 +279,60 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
         },
     },
 }
-CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_SCHEMA}
+# monitoring.coreos.com/v1 PrometheusRule, the fields used here.
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "required": ["groups"],
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "interval": _DURATION,
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["alert", "expr"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": _DURATION,
+                                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                        "annotations": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_SCHEMA,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE_SCHEMA,
+}
 # The oldest and the newest Kubernetes that the installed kubernetes-validate knows.
 K8S_VERSIONS = sorted({all_versions()[0], all_versions()[-1]})
 
@@ -373,9 +427,15 @@ def _config(objects: list[dict[str, Any]]) -> dict[str, str]:
 @pytest.mark.parametrize("target", TARGETS)
 def test_probes_ports_and_writable_dirs(rendered: dict[str, list[dict[str, Any]]], target: str) -> None:
     container = _panel_container(rendered[target])
-    (port,) = container["ports"]
+    ports = {port["name"]: port for port in container["ports"]}
     config = _config(rendered[target])
-    assert port == {"name": "http", "containerPort": int(config["PANEL_PORT"]), "protocol": "TCP"}
+    assert set(ports) == {"http", "metrics"}
+    assert ports["http"] == {"name": "http", "containerPort": int(config["PANEL_PORT"]), "protocol": "TCP"}
+    assert ports["metrics"] == {
+        "name": "metrics",
+        "containerPort": int(config["PANEL_METRICS_PORT"]),
+        "protocol": "TCP",
+    }
     assert config["PANEL_HOST"] == "0.0.0.0"
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -421,9 +481,10 @@ def test_objects_are_wired_together(rendered: dict[str, list[dict[str, Any]]], t
     service = _one(objects, "Service", "sobot-panel")
     assert service["spec"]["type"] == "ClusterIP"
     assert _matches(service["spec"]["selector"], pod_labels)
-    (service_port,) = service["spec"]["ports"]
+    service_ports = {port["name"]: port for port in service["spec"]["ports"]}
+    service_port = service_ports["http"]
     assert (service_port["name"], service_port["port"], service_port["targetPort"]) == ("http", 80, "http")
-    assert service_port["targetPort"] in port_names
+    assert {port["targetPort"] for port in service_ports.values()} <= port_names
 
     hpa = _one(objects, "HorizontalPodAutoscaler")
     target_ref = hpa["spec"]["scaleTargetRef"]
@@ -454,7 +515,9 @@ def test_objects_are_wired_together(rendered: dict[str, list[dict[str, Any]]], t
     monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]
     for monitor in monitors:
         assert _matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
-        assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [(service_port["name"], "/metrics")]
+        # Metrics on their own port, which the Ingress never routes (it routes `http` only, checked above).
+        assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("metrics", "/metrics")]
+        assert service_ports["metrics"]["targetPort"] == "metrics"
 
 
 def test_secret_template_is_complete_and_never_applied(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -563,17 +626,20 @@ def test_production_overlay(rendered: dict[str, list[dict[str, Any]]]) -> None:
 def test_network_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
     policy = _one(rendered["overlays/production"], "NetworkPolicy")
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    (rule,) = policy["spec"]["ingress"]
-    sources = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]}
-    assert sources == {"ingress-nginx", "monitoring"}
-    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    allowed = {
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]: [p["port"] for p in rule["ports"]]
+        for rule in policy["spec"]["ingress"]
+        for peer in rule["from"]
+    }
+    # The ingress controller reaches the service port only, Prometheus the metrics port only.
+    assert allowed == {"ingress-nginx": [8080], "monitoring": [9090]}
     egress = {(p["protocol"], p["port"]) for r in policy["spec"]["egress"] for p in r["ports"]}
     assert {("UDP", 53), ("TCP", 53), ("TCP", 6379), ("TCP", 6380), ("TCP", 26379), ("TCP", 443)} <= egress
 
 
 def test_demo_overlay_runs_without_the_prometheus_operator(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objects = rendered["overlays/demo"]
-    assert not [o for o in objects if o["kind"] == "ServiceMonitor"]
+    assert not [o for o in objects if o["kind"] in ("ServiceMonitor", "PrometheusRule")]
     assert _config(objects)["PANEL_DEMO"] == "1"
     _one(objects, "Service", "redis")
 
@@ -855,6 +921,7 @@ def test_nginx_fans_out_and_upgrades_websockets() -> None:
     def value(raw: str) -> str:
         return maps[raw]["default"] if raw in maps else raw
 
+    assert locations.pop("/metrics") == [["return", ["404"], None]], "metrics never leave through the proxy"
     for path, location in locations.items():
         chain = [top, server, location]
         assert _effective(chain, "proxy_pass") == [[f"http://{upstream_name}"]], path
@@ -870,3 +937,55 @@ def test_nginx_fans_out_and_upgrades_websockets() -> None:
     # A plain request keeps the upstream connection alive: no "Connection: upgrade" without Upgrade.
     connection = {args[0].lower(): args[1] for args in _effective([top, server], "proxy_set_header")}["connection"]
     assert maps[connection].get("") == ""
+
+
+# --- what the edge logs, and what the operators are told ------------------------------------------------
+
+QUERY_VARIABLES = ("$request ", "$request\"", "$request_uri", "$args", "$query_string", "$arg_", "$http_referer",
+                   "$is_args")  # fmt: skip
+
+
+def test_nginx_logs_no_query_string_and_no_referer() -> None:
+    top = _nginx_blocks(NGINX_CONF.read_text(encoding="utf-8"))
+    formats = {args[0]: " ".join(args[1:]) for name, args, _ in top if name == "log_format"}
+    (server,) = [children for name, _, children in top if name == "server"]
+    logs = [args for name, args, _ in [*top, *server] if name == "access_log"]
+    assert logs and all(len(args) >= 2 and args[1] in formats for args in logs), "every access_log names a format"
+    for name, text in formats.items():
+        assert "$uri" in text and "$status" in text, name
+        for variable in QUERY_VARIABLES:
+            assert variable not in text + " ", f"log_format {name} logs {variable.strip()}"
+
+
+def test_readme_tells_ingress_nginx_operators_how_to_keep_queries_out_of_logs() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8") + (DEPLOY / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"log-format-upstream: '([^']+)'", readme)
+    assert match, "the ingress-nginx ConfigMap setting is documented"
+    assert "$uri" in match.group(1)
+    for variable in QUERY_VARIABLES:
+        assert variable not in match.group(1) + " ", variable
+
+
+def test_shared_spool_overlay_puts_the_spool_on_a_shared_volume(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["overlays/production-shared-spool"]
+    config = _config(objects)
+    container = _panel_container(objects)
+    volumes = {v["name"]: v for v in _panel(objects)["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    claim = mounts[config["PANEL_SPOOL_DIR"]]["persistentVolumeClaim"]["claimName"]
+    pvc = _one(objects, "PersistentVolumeClaim", claim)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "every replica mounts it"
+    assert "emptyDir" in mounts[config["PANEL_DATA_DIR"]], "the rest of the data dir stays per pod"
+    assert config["PANEL_SPOOL_DIR"] != config["PANEL_DATA_DIR"]
+
+
+def test_alert_rules_watch_what_readiness_no_longer_does(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    from sobot_panel.observability import Metrics
+
+    rule = _one(rendered["overlays/production"], "PrometheusRule")
+    alerts = {r["alert"]: r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert {"SobotPanelRedisDown", "SobotPanelAuditConsumerBehind", "SobotPanelAuditEntriesDropped"} <= set(alerts)
+    exposed = Metrics().exposition().decode()
+    for expr in alerts.values():
+        for metric in re.findall(r"\b(panel_[a-z_]+)", expr):
+            assert f"# TYPE {metric.removesuffix('_total')} " in exposed or f"# TYPE {metric} " in exposed, metric

@@ -186,7 +186,8 @@ async def test_legacy_sign_only_without_secret(
 async def test_health_and_readiness_follow_redis(
     aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], own_redis: EmbeddedRedis
 ) -> None:
-    client = await aiohttp_client(create_app(make_settings(redis_url=own_redis.url)))
+    # Without a spool, readiness needs Redis (with one, see tests/test_readiness.py).
+    client = await aiohttp_client(create_app(make_settings(redis_url=own_redis.url, spool_max_bytes=0)))
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
     own_redis.kill()

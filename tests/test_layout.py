@@ -10,7 +10,7 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parent.parent / "service"
 # Modules that answer HTTP or websocket requests: only the wiring (app.py) may import them.
-HANDLERS = {"panel.handlers", "live.endpoint", "ops.dashboard", "devhost", "health", "middleware"}
+HANDLERS = {"panel.handlers", "live.endpoint", "ops.dashboard", "devhost", "health", "middleware", "audit.http"}
 
 
 def _module(path: Path) -> str:

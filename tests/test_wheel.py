@@ -59,7 +59,8 @@ def test_the_wheel_carries_the_package_and_its_assets(wheel: Path) -> None:
     tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert tops == {"sobot_panel"}  # never a generic top-level name such as `service`
     for asset in ("web/templates/page.html", "web/static/panel.js", "web/static/panel.css", "web/i18n/panel.json",
-                  "web/sample/customers.json", "web/sample/ticket-fields.toml", "py.typed"):  # fmt: skip
+                  "web/sample/customers.json", "web/sample/ticket-fields.toml", "py.typed",
+                  "audit/record.schema.json"):  # fmt: skip
         assert f"sobot_panel/{asset}" in names
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
 
@@ -71,6 +72,13 @@ def test_version_from_both_entry_points(installed: Path, tmp_path: Path) -> None
                               timeout=60)  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "sobot-panel 0.1.0"
+
+
+def test_the_installed_package_prints_the_audit_schema(installed: Path, tmp_path: Path) -> None:
+    done = subprocess.run([installed / "bin" / "sobot-panel", "audit", "schema"], capture_output=True, text=True,
+                          cwd=tmp_path, env=_user_env(tmp_path), timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["x-schema-version"] == 2
 
 
 @pytest.fixture

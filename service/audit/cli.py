@@ -6,9 +6,14 @@ that `--kind` filters out are acked too (the group has "seen" them; use another 
 them again). `--from-start` only matters when the group is created: it then starts at the first entry
 instead of at new ones. Ctrl-C or SIGTERM stops it cleanly within a second.
 
-`export` pages through the stream by ID (no group, nothing acked) as JSON lines or CSV. The CSV is
-UTF-8 with a byte-order mark, so Excel opens Chinese text correctly; values are written verbatim (an
-audit copy), with the header `entry_id,kind,id,at,surface,agent,partner_id,uid,cid,payload`.
+`export` pages through the stream by ID (no group, nothing acked) as JSON lines or CSV, optionally only
+some kinds, agents or customers (`--kind`, `--agent`, `--partner`, each repeatable). The CSV is UTF-8
+with a byte-order mark, so Excel opens Chinese text correctly; values are written verbatim (an audit
+copy) except `at`, which is ISO 8601 in China time; the header is
+`entry_id,kind,id,at,surface,agent,partner_id,uid,cid,payload,v,sysnum,request_id`. A closed pipe
+(`export ... | head`) ends it quietly with status 0. `--since -1h` works as well as `--since=-1h`.
+
+`schema` prints the JSON Schema of a record.
 
 Both read `PANEL_REDIS_URL`; when it is unset they use the embedded redis-server of a running
 `sobot-panel serve` (its unix socket under `PANEL_DATA_DIR/redis/`).
@@ -23,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import io
 import json
 import os
 import signal
@@ -40,8 +44,8 @@ from ..clock import CHINA_TZ
 from ..redis import REDIS_DOWN, RedisClient, connect_any, keys_for
 from ..redis.keys import Keys
 from ..settings import Settings, describe_error, load_settings
-from .producer import FIELD_ORDER
 from .reader import AuditReader, Entry, iter_range, parse_time_bound
+from .record import FIELD_ORDER, schema_text
 
 KINDS = ("ticket", "order_card", "goods_card")
 CSV_HEADER = ("entry_id", *FIELD_ORDER)
@@ -69,6 +73,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tail.add_argument("--consumer", help="consumer name (default: hostname-pid)")
     tail.add_argument("--kind", action="append", choices=KINDS, help="print only this kind (repeatable); "
                       "the others are acked without printing")  # fmt: skip
+    _add_filters(tail, kinds=False)
     tail.add_argument("--json", action="store_true", help="print each record as one JSON object")
     tail.add_argument(
         "--from-start", action="store_true", help="a new group starts at the first entry, not at new ones"
@@ -84,9 +89,47 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "a ms timestamp or a stream ID (default: the first entry)",
     )
     export.add_argument("--until", default="+", help="same forms; a date alone includes that whole day (default: now)")
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="default: jsonl")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                        help="default: jsonl; CSV times (`at`) are ISO 8601 in China time")  # fmt: skip
+    _add_filters(export, kinds=True)
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
     export.set_defaults(run=cmd_export)
+
+    schema = actions.add_parser("schema", help="print the JSON Schema of an audit record")
+    schema.set_defaults(run=cmd_schema)
+
+
+def _add_filters(parser: argparse.ArgumentParser, *, kinds: bool) -> None:
+    if kinds:
+        parser.add_argument("--kind", action="append", choices=KINDS, help="only this kind (repeatable)")
+    parser.add_argument("--agent", action="append", help="only this agent (repeatable)")
+    parser.add_argument("--partner", action="append", help="only this customer's partnerId (repeatable)")
+
+
+def matches(fields: dict[str, str], args: argparse.Namespace) -> bool:
+    """Whether an entry passes `--kind`, `--agent` and `--partner` (each repeatable: any of its values)."""
+    for option, field in (("kind", "kind"), ("agent", "agent"), ("partner", "partner_id")):
+        wanted = getattr(args, option, None)
+        if wanted and fields.get(field) not in wanted:
+            return False
+    return True
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """`--since -1h` as `--since=-1h`: argparse takes a value starting with `-` for an option otherwise."""
+    joined: list[str] = []
+    items = list(argv)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        following = items[index + 1] if index + 1 < len(items) else ""
+        if item in ("--since", "--until") and following.startswith("-") and following != "-":
+            joined.append(f"{item}={following}")
+            index += 2
+            continue
+        joined.append(item)
+        index += 1
+    return joined
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -98,6 +141,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     return _run(_export_main, args)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """The record's JSON Schema as shipped in the package (no Redis, no settings needed)."""
+    sys.stdout.write(schema_text())
+    return 0
 
 
 def _run(main: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], args: argparse.Namespace) -> int:
@@ -125,12 +174,11 @@ async def _tail_main(args: argparse.Namespace) -> int:
             claim_idle_ms=settings.audit_claim_idle_ms, dead_after=settings.audit_dead_after,
         )  # fmt: skip
         await tail(reader, sys.stdout, stop, kinds=args.kind, as_json=args.json, count=args.count,
-                   from_start=args.from_start)  # fmt: skip
+                   from_start=args.from_start, accept=lambda fields: matches(fields, args))  # fmt: skip
+    except BrokenPipeError:  # before REDIS_DOWN: it is an OSError too, but it is our reader that left
+        _quiet_stdout()
     except REDIS_DOWN as error:
         raise CliError(f"Redis unavailable: {error}") from None
-    except BrokenPipeError:
-        # The reader of our output went away (`| head`): stop quietly.
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     finally:
         await redis.aclose()
     return 0
@@ -152,6 +200,7 @@ async def tail(
     as_json: bool = False,
     count: int | None = None,
     from_start: bool = False,
+    accept: Callable[[dict[str, str]], bool] | None = None,
 ) -> int:
     """Print entries as they arrive and ack each batch once printed; returns how many were printed."""
     await reader.ensure_group("0" if from_start else "$")
@@ -161,6 +210,8 @@ async def tail(
         entries = await reader.read(count=100 if count is None else min(100, count - printed), block_ms=TAIL_BLOCK_MS)
         for entry in entries:
             if kinds and entry.fields.get("kind") not in kinds:
+                continue
+            if accept is not None and not accept(entry.fields):
                 continue
             out.write((json.dumps(entry_json(entry), ensure_ascii=False) if as_json else human_line(entry)) + "\n")
             printed += 1
@@ -179,39 +230,55 @@ async def _export_main(args: argparse.Namespace) -> int:
     settings = _load_settings()
     redis, keys = _connect(settings)
     encoding = "utf-8-sig" if args.format == "csv" else "utf-8"
+    accept: Callable[[dict[str, str]], bool] = lambda fields: matches(fields, args)  # noqa: E731
     try:
         if args.output is None:
-            out = io.TextIOWrapper(sys.stdout.buffer, encoding=encoding, newline="")
-            try:
-                written = await export(redis, keys, start, end, args.format, out)
-                out.flush()
-            finally:
-                out.detach()
+            sys.stdout.reconfigure(encoding=encoding, newline="")  # type: ignore[union-attr]
+            await export(redis, keys, start, end, args.format, sys.stdout, accept=accept)
+            sys.stdout.flush()
         else:
             # Written aside and renamed when complete: a file under the final name is never half an export.
             partial = args.output.with_name(args.output.name + ".part")
             with partial.open("w", encoding=encoding, newline="") as out:
-                written = await export(redis, keys, start, end, args.format, out)
+                written = await export(redis, keys, start, end, args.format, out, accept=accept)
             partial.replace(args.output)
             print(f"exported {written} entries to {args.output}", file=sys.stderr)
+    except BrokenPipeError:  # before REDIS_DOWN: `export ... | head` closed our output; that is not an error
+        _quiet_stdout()
     except REDIS_DOWN as error:
         raise CliError(f"Redis unavailable: {error}") from None
-    except BrokenPipeError:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     finally:
         await redis.aclose()
     return 0
 
 
-async def export(redis: RedisClient, keys: Keys, start: str, end: str, fmt: str, out: TextIO) -> int:
-    """Write every entry with a stream ID in [start, end] to `out`; returns how many."""
+def _quiet_stdout() -> None:
+    """Our reader left (`| head`): send what is still buffered to /dev/null, so exiting says nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+async def export(
+    redis: RedisClient,
+    keys: Keys,
+    start: str,
+    end: str,
+    fmt: str,
+    out: TextIO,
+    *,
+    accept: Callable[[dict[str, str]], bool] | None = None,
+) -> int:
+    """Write every entry with a stream ID in [start, end] (that `accept` takes) to `out`; returns how many."""
     writer = csv.writer(out) if fmt == "csv" else None
     if writer is not None:
         writer.writerow(CSV_HEADER)
     written = 0
     async for entry in iter_range(redis, keys, start, end):
+        if accept is not None and not accept(entry.fields):
+            continue
         if writer is not None:
-            writer.writerow([entry.entry_id, *(entry.fields.get(name, "") for name in FIELD_ORDER)])
+            writer.writerow([entry.entry_id, *(csv_value(name, entry.fields.get(name, "")) for name in FIELD_ORDER)])
         else:
             out.write(json.dumps(entry_json(entry), ensure_ascii=False) + "\n")
         written += 1
@@ -227,6 +294,17 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         return {"entry_id": entry.entry_id, **entry.record.model_dump()}
     except ValidationError:
         return {"entry_id": entry.entry_id, **entry.fields}
+
+
+def iso_time(ms: str) -> str:
+    """`1764000000123` -> `2026-11-25T00:00:00.123+08:00` (ISO 8601, China time, as every CLI time is)."""
+    if not ms.isdigit():
+        return ms
+    return datetime.fromtimestamp(int(ms) / 1000, CHINA_TZ).isoformat(timespec="milliseconds")
+
+
+def csv_value(name: str, value: str) -> str:
+    return iso_time(value) if name == "at" else value
 
 
 def human_line(entry: Entry) -> str:
@@ -320,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m sobot_panel.audit.cli audit ...`: the same commands without the rest of the CLI."""
     parser = argparse.ArgumentParser(prog="sobot-panel")
     add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     return int(args.run(args))
 
 

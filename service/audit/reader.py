@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -21,7 +21,9 @@ from redis.exceptions import ResponseError
 from ..clock import CHINA_TZ, now_ms
 from ..redis import REDIS_DOWN, RedisClient, as_text
 from ..redis.keys import Keys
-from .producer import DEAD_LETTER_MAXLEN, AuditRecord
+from .producer import DEAD_LETTER_MAXLEN
+from .record import AuditRecord
+from .retention import group_positions, parse_id
 from .spool import Spool
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ class Entry:
     @property
     def record(self) -> AuditRecord:
         """The fields as an `AuditRecord` (raises `ValidationError` for an entry some other writer made)."""
-        return AuditRecord.model_validate(self.fields)
+        return AuditRecord.from_fields(self.fields)
 
 
 def _entry(raw_id: Any, raw_fields: Any) -> Entry:
@@ -124,6 +126,7 @@ class AuditReader:
         # pending list is scanned a slice per read rather than all at once.
         claimed: list[Entry] = []
         gone: list[str] = []
+        vanished = False
         for _ in range(max_rounds):
             cursor, page, *_deleted = await self._redis.xautoclaim(
                 self._stream, self.group, self.consumer, self.claim_idle_ms,
@@ -131,17 +134,27 @@ class AuditReader:
             )  # fmt: skip
             self._cursor = as_text(cursor)
             for raw_id, raw_fields in page:
-                if raw_fields is None:
-                    gone.append(as_text(raw_id))  # Redis 6.2: trimmed away while pending
+                if raw_id is None:
+                    vanished = True  # Redis 6.2: trimmed away while pending, and its ID not given back
+                elif raw_fields is None:
+                    gone.append(as_text(raw_id))
                 else:
                     claimed.append(_entry(raw_id, raw_fields))
             if self._cursor == "0-0" or len(claimed) >= count:
                 break
+        if vanished:
+            gone.extend(await self._vanished())
         if gone:
             await self._redis.xack(self._stream, self.group, *gone)
         if not claimed:
             return claimed
         return await self._park_exhausted(claimed)
+
+    async def _vanished(self) -> list[str]:
+        """What this consumer holds pending whose entry is no longer in the stream (Redis 6.2 only)."""
+        rows = await self._redis.xpending_range(self._stream, self.group, "-", "+", 100, consumername=self.consumer)
+        ids = [as_text(row["message_id"]) for row in rows]
+        return [entry_id for entry_id in ids if not await self._redis.xrange(self._stream, entry_id, entry_id)]
 
     async def _park_exhausted(self, claimed: list[Entry]) -> list[Entry]:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -327,21 +340,86 @@ async def spool_stats(spool: Spool | None) -> SpoolStats:
     return SpoolStats(files=depth.files, records=depth.records, bytes=depth.bytes)
 
 
-async def update_metrics(metrics: Metrics, redis: RedisClient, keys: Keys, spool: Spool | None = None) -> None:
+async def oldest_unacked_ages(redis: RedisClient, keys: Keys, now: int | None = None) -> dict[str, float]:
+    """Per consumer group: seconds since the oldest entry it has not acknowledged reached the stream (0: none)."""
+    positions = await group_positions(redis, keys.audit_stream)
+    if not positions:
+        return {}
+    newest = await redis.xrevrange(keys.audit_stream, count=1) or []
+    last = parse_id(newest[0][0]) if newest else (0, 0)
+    moment = now_ms() if now is None else now
+    return {p.name: max(0.0, (moment - p.floor[0]) / 1000) if p.floor <= last else 0.0 for p in positions}
+
+
+async def update_metrics(
+    metrics: Metrics, redis: RedisClient, keys: Keys, spool: Spool | None = None, hard_maxlen: int | None = None
+) -> None:
     """Refresh the audit gauges (call it from /metrics). The spool is shared by the workers of a host,
     so each worker reports the whole directory: aggregate spool gauges with max(), not sum()."""
     spooled = await spool_stats(spool)
     metrics.audit_spool_records.set(spooled["records"])
     metrics.audit_spool_bytes.set(spooled["bytes"])
+    if hard_maxlen is not None:
+        metrics.audit_hard_maxlen.set(hard_maxlen)
     try:
         stats = await stream_stats(redis, keys)
+        ages = await oldest_unacked_ages(redis, keys)
     except REDIS_DOWN:
-        return  # the stream gauges keep their last values; /readyz reports the outage
+        metrics.redis_up.set(0)
+        return  # the stream gauges keep their last values; panel_redis_up says why
+    metrics.redis_up.set(1)
     metrics.audit_stream_length.set(stats["length"])
     metrics.audit_dead_letter_length.set(stats["dead_letter_length"])
     metrics.audit_group_pending.clear()
     metrics.audit_group_lag.clear()
+    metrics.audit_group_oldest_unacked.clear()
+    for name, age in ages.items():
+        metrics.audit_group_oldest_unacked.labels(name).set(age)
     for group in stats["groups"]:
         metrics.audit_group_pending.labels(group["name"]).set(group["pending"])
         if group["lag"] is not None:
             metrics.audit_group_lag.labels(group["name"]).set(group["lag"])
+
+
+# --- pages for the HTTP API ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    entries: list[Entry]
+    next: str | None  # the cursor to continue after; None: the range is exhausted
+
+
+async def read_page(
+    redis: RedisClient,
+    keys: Keys,
+    start: str,
+    end: str,
+    accept: Callable[[dict[str, str]], bool],
+    *,
+    limit: int,
+    scan_budget: int,
+) -> Page:
+    """Up to `limit` entries with IDs in [start, end] that `accept` takes, scanning at most `scan_budget`.
+
+    The cursor is the ID of the last entry looked at that the next page must not repeat: the last one
+    returned when the page filled up, else the last one scanned. Following it until it is None returns
+    every matching entry exactly once (entries appended meanwhile after the cursor are found too).
+    """
+    found: list[Entry] = []
+    cursor = start
+    scanned = 0
+    while scanned < scan_budget:
+        chunk = min(max(limit, 100), scan_budget - scanned)
+        page = await redis.xrange(keys.audit_stream, min=cursor, max=end, count=chunk) or []
+        for raw_id, raw_fields in page:
+            entry = _entry(raw_id, raw_fields)
+            scanned += 1
+            if accept(entry.fields):
+                found.append(entry)
+                if len(found) == limit:
+                    return Page(found, entry.entry_id)
+        if len(page) < chunk:
+            return Page(found, None)
+        cursor = "(" + as_text(page[-1][0])
+    return Page(found, cursor[1:])

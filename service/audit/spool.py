@@ -48,6 +48,8 @@ from ..errors import Code, Unavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# Room for a few records: a full spool cannot keep a send, so the replica is not ready without it.
+SPOOL_HEADROOM = 16 * 1024
 _WRITING = "w-"
 _CLAIMED = "r-"
 _SUFFIX = ".jsonl"
@@ -237,6 +239,16 @@ class Spool:
         """Close this process's file (it stays on disk, to be replayed by whoever claims it next)."""
         with self._lock:
             self._seal()
+
+    def can_take(self, headroom: int = SPOOL_HEADROOM) -> bool:
+        """Whether a record would be kept now: the directory is writable and `headroom` bytes are free."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.directory, os.W_OK | os.X_OK):
+                return False
+            return self._used_bytes() + headroom <= self.max_bytes
+        except OSError:
+            return False
 
     def _used_bytes(self) -> int:
         return sum(size for _, size in self._files())

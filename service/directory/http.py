@@ -14,6 +14,7 @@ from collections.abc import Callable
 import aiohttp
 from pydantic import ValidationError
 
+from ..context import upstream_headers
 from .models import LOOKUP_NAMES, Customer, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class HttpDirectory:
 
     async def _get(self, key: str, value: str) -> Customer | None:
         url = f"{self.base_url}/customers/lookup"
-        async with self._client().get(url, params={key: value}) as response:
+        # The request id and trace context of the panel load that asked, so the upstream's logs join ours.
+        async with self._client().get(url, params={key: value}, headers=upstream_headers()) as response:
             if response.status == 404:
                 return None
             if response.status != 200:

