@@ -137,3 +137,15 @@ def test_a_missing_asset_stops_start_up_with_one_line(installed: Path, tmp_path:
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("sobot-panel: missing asset static/panel.js")
     assert time.monotonic() - started < 30
+
+
+def test_every_subpackage_is_declared() -> None:
+    """setuptools ships only the packages pyproject names: a new room left out would be missing from the wheel."""
+    import tomllib
+
+    declared = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]
+    )
+    found = {"sobot_panel" + "".join(f".{part}" for part in init.parent.relative_to(ROOT / "service").parts)
+             for init in (ROOT / "service").rglob("__init__.py")}  # fmt: skip
+    assert found <= declared, found - declared
