@@ -43,7 +43,7 @@ from sobot_panel.protocol.surfaces import Surface, build_query_string
 from sobot_panel.redis import EmbeddedRedis, connect
 from sobot_panel.settings import Settings
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"  # tests/artifacts (git-ignored)
 # Every browser test runs on the session's loop, where the shared Chromium lives.
 BROWSER = pytest.mark.asyncio(loop_scope="session")
 CHROMIUM_ARGS = [
