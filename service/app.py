@@ -205,10 +205,9 @@ async def _live_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        hub.stopping = True
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
+        hub.stop()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(listener, 3.0)  # cancelled if the stop flag is not seen in time
 
 
 async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -9,7 +9,7 @@ import re
 import time
 from typing import Any
 
-from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient
 from sobot_panel.protocol.signing import SignPolicy, sign_fields
 from sobot_panel.protocol.surfaces import Surface, build_query_string
@@ -41,9 +41,17 @@ async def open_panel(client: TestClient[Any, Any], partner_id: str) -> tuple[Cli
     response = await client.get(f"/embed/workbench?{build_query_string(workbench_fields(partner_id))}")
     page = await response.text()
     assert response.status == 200, page
-    ws = await client.ws_connect(f"/ws?token={boot_of(page)['token']}")
+    ws = await connect_panel(client, boot_of(page)["token"])
     await wait_subscribed(client, partner_id)
     return ws, page
+
+
+async def connect_panel(
+    client: TestClient[Any, Any], token: str, *, view: str | None = None, session: ClientSession | None = None
+) -> ClientWebSocketResponse:
+    """The panel's websocket for a session token, as panel.js opens it (`session`: one without a
+    connection limit, for tests that hold hundreds of sockets)."""
+    return await (session or client.session).ws_connect(client.make_url(f"/ws?token={token}"))
 
 
 async def next_frame(ws: ClientWebSocketResponse, kind: str, timeout: float = 5.0) -> dict[str, Any]:
