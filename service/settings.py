@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     ops_token: SecretStr | None = None
     session_key: SecretStr | None = None
     session_ttl: int = Field(default=3600, ge=60)
+    # sockets one panel session may hold open on one replica (a panel needs one; a reconnect may briefly
+    # overlap a socket the server has not yet seen die). Counted per session, never per IP address:
+    # a call center's agents share one NAT address.
+    ws_per_session: int = Field(default=4, ge=1, le=64)
 
     demo: bool = False
     _session_key_generated: bool = PrivateAttr(default=False)

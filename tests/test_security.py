@@ -51,7 +51,7 @@ KEY = b"k" * 32
 
 def test_token_round_trip_and_binding() -> None:
     claims = SessionClaims(surface="workbench", agent="a@x.cn", partner_id="C1001", uid="u", cid="c",
-                           mini_program=True, expires_ms=2_000)  # fmt: skip
+                           mini_program=True, expires_ms=2_000, session="s-1")  # fmt: skip
     token = issue_token(KEY, claims)
     assert read_token(KEY, token, now_ms=1_000) == claims
 

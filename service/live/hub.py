@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ class Connection:
     claims: SessionClaims
     view: View | None = None
     partner_id: str = ""  # the customer shown
+    session: str = ""  # the session this socket belongs to (the per-session cap counts these)
     watching: str = ""  # the customer this connection is indexed (and listens) under; the hub's business
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(rate=5.0, burst=20.0))
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -59,6 +61,7 @@ class LiveHub:
         self._metrics = metrics
         self.by_partner: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
+        self.per_session: Counter[str] = Counter()
         self.closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._partner_prefix = keys.partner_channel("")
@@ -73,14 +76,23 @@ class LiveHub:
 
     # registry ------------------------------------------------------------------------------
 
-    def add(self, conn: Connection) -> None:
+    def add(self, conn: Connection, *, max_per_session: int = 0) -> bool:
+        """Register an open panel; False (and nothing registered) when its session already has
+        `max_per_session` sockets here (0: no cap)."""
+        if max_per_session and self.per_session[conn.session] >= max_per_session:
+            return False
         self.connections.add(conn)
+        self.per_session[conn.session] += 1
         self._metrics.websockets.inc()
         self._watch(conn, conn.partner_id)
+        return True
 
     def remove(self, conn: Connection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
+            self.per_session[conn.session] -= 1
+            if self.per_session[conn.session] <= 0:
+                del self.per_session[conn.session]
             self._metrics.websockets.dec()
         self._watch(conn, "")
 
@@ -109,7 +121,7 @@ class LiveHub:
         """Render this context for the connection and push it, with the session renewed for what it shows."""
         if context is None:
             return
-        panel = await self._core.build(conn.surface, context, conn.lang, conn.view)
+        panel = await self._core.build(conn.surface, context, conn.lang, conn.view, session=conn.claims.session)
         conn.claims = panel.claims
         self._watch(conn, panel.claims.partner_id)
         await conn.send({"type": "panel", "id": frame_id, "html": panel.html, "token": panel.token,

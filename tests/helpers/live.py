@@ -51,7 +51,21 @@ async def connect_panel(
 ) -> ClientWebSocketResponse:
     """The panel's websocket for a session token, as panel.js opens it (`session`: one without a
     connection limit, for tests that hold hundreds of sockets)."""
-    return await (session or client.session).ws_connect(client.make_url(f"/ws?token={token}"))
+    return await open_socket(session or client.session, str(client.make_url("/ws")), token, view=view)
+
+
+async def open_socket(
+    session: ClientSession, url: str, token: str, *, view: str | None = None
+) -> ClientWebSocketResponse:
+    """`GET /ws`, then the hello frame with the token (never in the URL); returns once the server is ready."""
+    ws = await session.ws_connect(url)
+    await ws.send_json(hello(token, view))
+    await next_frame(ws, "ready")
+    return ws
+
+
+def hello(token: str, view: str | None = None) -> dict[str, Any]:
+    return {"type": "hello", "token": token, "view": view}
 
 
 async def next_frame(ws: ClientWebSocketResponse, kind: str, timeout: float = 5.0) -> dict[str, Any]:

@@ -194,13 +194,15 @@
   const pending = [];
   let nextRequest = 1;
 
+  // The token goes in the first frame (a hello), never in the URL where proxies and logs keep it.
   function wsUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return scheme + "//" + location.host + "/ws?token=" + encodeURIComponent(token);
+    return scheme + "//" + location.host + "/ws?lang=" + encodeURIComponent(boot.lang || "zh");
   }
 
+  let ready = false;
   function send(frame) {
-    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+    if (socket && ready && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
     else pending.push(frame);
   }
 
@@ -208,21 +210,17 @@
     if (!("WebSocket" in window)) return;
     socket = new WebSocket(wsUrl());
     socket.addEventListener("open", () => {
-      const reconnected = attempts > 0;
-      attempts = 0;
-      showStatus("");
-      if (reconnected) socket.send(JSON.stringify({ type: "resync", view: boot.view }));
-      while (pending.length) socket.send(JSON.stringify(pending.shift()));
-      clearInterval(pingTimer);
-      pingTimer = setInterval(() => send({ type: "ping" }), 25000);
+      socket.send(JSON.stringify({ type: "hello", token, view: boot.view }));
     });
     socket.addEventListener("message", (event) => {
       let frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
-      if (frame.type === "panel") applyPanel(frame);
+      if (frame.type === "ready") onReady();
+      else if (frame.type === "panel") applyPanel(frame);
       else if (frame.type === "error") showError(frame);
     });
     socket.addEventListener("close", () => {
+      ready = false;
       clearInterval(pingTimer);
       if (closedByUs) return;
       attempts += 1;
@@ -231,6 +229,17 @@
       const delay = Math.random() * Math.min(15000, 500 * 2 ** Math.min(attempts, 5));
       setTimeout(connect, delay);
     });
+  }
+
+  function onReady() {
+    ready = true;
+    const reconnected = attempts > 0;
+    attempts = 0;
+    showStatus("");
+    if (reconnected) socket.send(JSON.stringify({ type: "resync", view: boot.view }));
+    while (pending.length) socket.send(JSON.stringify(pending.shift()));
+    clearInterval(pingTimer);
+    pingTimer = setInterval(() => send({ type: "ping" }), 25000);
   }
 
   function applyPanel(frame) {
