@@ -134,11 +134,19 @@ async def _panel_ctx(app: web.Application) -> AsyncIterator[None]:
             app[TICKET_FIELDS],
             base_url=settings.base_url,
             card_format=settings.card_format,
+            card_surfaces=settings.card_surface_set,
+            ticket_surfaces=settings.ticket_surface_set,
+            customer_lang=settings.customer_lang,
         ),
         tokens=SessionTokens(settings.session_key.get_secret_value().encode()),
         metrics=metrics,
         session_ttl_s=settings.session_ttl,
-        boot={"origins": settings.origin_patterns, "allowSelf": settings.demo, "cardFormat": settings.card_format},
+        boot={
+            "origins": settings.origin_patterns,
+            "allowSelf": settings.demo,
+            "cardFormat": settings.card_format,
+            "signMaxAge": settings.sign_max_age,
+        },
     )
     try:
         yield

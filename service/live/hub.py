@@ -125,7 +125,7 @@ class LiveHub:
         conn.claims = panel.claims
         self._watch(conn, panel.claims.partner_id)
         await conn.send({"type": "panel", "id": frame_id, "html": panel.html, "token": panel.token,
-                         "partnerId": panel.claims.partner_id})  # fmt: skip
+                         "partnerId": panel.claims.partner_id, "signedAt": context.signed_at_ms})  # fmt: skip
 
     async def send_error(self, conn: Connection, error: PanelError, frame_id: FrameId) -> None:
         message = self._catalog.error_text(error, conn.lang)

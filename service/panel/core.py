@@ -142,7 +142,7 @@ class PanelCore:
         tried = result.tried if result else lookup_keys(context).ordered()
         customer = result.customer if result else None
         stale = bool(result and result.stale)
-        return self.renderer.fragment_parts(customer, context, lang, view, stale=stale, tried=tried)
+        return self.renderer.fragment_parts(customer, context, lang, view, surface=surface, stale=stale, tried=tried)
 
     def _claims(
         self, surface: Surface, context: SurfaceContext | None, customer: Customer | None, session: str
@@ -170,6 +170,10 @@ class PanelCore:
             "lang": lang,
             **self._boot,
             "partnerId": panel.customer.partnerId if panel.customer else "",
+            # When the page's sign was made and the server's clock now: panel.js knows whether reloading
+            # its own signed URL would still verify when its session ends.
+            "signedAt": panel.context.signed_at_ms if panel.context else None,
+            "now": now_ms(),
         }
         return self.renderer.page(lang, panel.surface, boot, panel.parts if panel.context is not None else None)
 
