@@ -7,10 +7,11 @@ call-center bench:
 `GET /customers/lookup?partnerId=|phone=|email=|uid=|unionId=` answers the customers of
 `web/sample/customers.json` exactly as stored (or `customers(N)`: the sample customers cloned with fresh
 partnerId, phone, email, uid and unionId), 404 when nobody matches, 401 without the bearer token.
-Knobs: `latency` (seconds, a slow upstream), `fail_with` (an HTTP status to answer instead), `raw_body`
-(bytes to answer with 200, e.g. broken JSON), `token` (None: no auth required); `calls` counts requests per
-`key:value`; `reset()` puts every knob back. Over HTTP, `POST /_control` with JSON
-`{"latency": seconds, "fail_with": status | null}` turns the knobs while it runs; `GET /_stats` counts calls.
+Knobs: `latency` (seconds, a slow upstream), `hold` (an Event every lookup waits for), `fail_with` (an HTTP
+status to answer instead), `raw_body` (bytes to answer with 200, e.g. broken JSON), `token` (None: no auth
+required); `calls` counts requests per `key:value`; `reset()` puts every knob back. Over HTTP,
+`POST /_control` with JSON `{"latency": seconds, "fail_with": status | null}` turns the knobs while it runs;
+`GET /_stats` counts calls.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class FakeEnterprise:
         self.latency = 0.0
         self.fail_with: int | None = None
         self.raw_body: bytes | None = None
+        self.hold: asyncio.Event | None = None  # while set to an unset Event, every lookup waits for it
         self.calls.clear()
         self.authorizations.clear()
 
@@ -97,6 +99,8 @@ class FakeEnterprise:
         self.calls[f"{key}:{value}"] += 1
         if self.latency:
             await asyncio.sleep(self.latency)
+        if self.hold is not None:
+            await self.hold.wait()
         if self.fail_with is not None:
             return web.json_response({"error": "simulated failure"}, status=self.fail_with)
         if self.raw_body is not None:
