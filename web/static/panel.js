@@ -1,10 +1,13 @@
-// sobot-panel: the panel script. Plain modern JS, no dependencies.
+// sobot-panel: the panel script. Plain modern JS modules, no dependencies.
 // - tabs, card and ticket sends (audit first, then postMessage to the verified parent origin only)
 // - SPEC §4: listens for Sobot's `selected` message, relays it over /ws, shows the pushed panel
 // - what the panel is doing is always visible: switching, a refused switch, a lost connection, an ended
 //   session each dim the content, make it inert and say so in the banner at the top
-// - pushes patch what changed: a half-typed ticket, the focus and the open tab survive them
-"use strict";
+// - pushes patch what changed (panel-patch.js): typing, the focus and the open tab survive them
+import { Patcher, unlockForm } from "./panel-patch.js";
+import { createSender } from "./panel-send.js";
+import { initialParentOrigin, originMatcher, signStillValid, signedUrl } from "./panel-origin.js";
+
 (function () {
   const main = document.getElementById("panel");
   if (!main) return;
@@ -22,32 +25,8 @@
     return text.replace(/\{(\w+)\}/g, (m, k) => (params && k in params ? String(params[k]) : m));
   }
 
-  // --- origins -------------------------------------------------------------------------------
-  function patternToRegExp(pattern) {
-    const [scheme, rest] = pattern.split("://");
-    const [host, port] = rest.split(/:(?=[^:]*$)/);
-    const esc = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-    let hostRe = host.startsWith("*.") ? "(?:[a-z0-9-]+\\.)+" + esc(host.slice(2)) : esc(host);
-    let portRe = port === undefined ? "" : port === "*" ? ":\\d{1,5}" : ":" + esc(port);
-    if (rest.indexOf(":") === -1) portRe = "";
-    return new RegExp("^" + esc(scheme) + "://" + hostRe + portRe + "$", "i");
-  }
-  const originRes = (boot.origins || []).map(patternToRegExp);
-  function originAllowed(origin) {
-    if (!origin || origin === "null") return false;
-    if (boot.allowSelf && origin === location.origin) return true;
-    return originRes.some((re) => re.test(origin));
-  }
-  function initialParentOrigin() {
-    if (window.parent === window) return null;
-    const candidates = [];
-    if (location.ancestorOrigins && location.ancestorOrigins.length) candidates.push(location.ancestorOrigins[0]);
-    if (document.referrer) {
-      try { candidates.push(new URL(document.referrer).origin); } catch (e) { /* not a URL */ }
-    }
-    return candidates.find(originAllowed) || null;
-  }
-  parentOrigin = initialParentOrigin();
+  const originAllowed = originMatcher(boot.origins, boot.allowSelf);
+  parentOrigin = initialParentOrigin(originAllowed);
 
   // --- state: what the agent may rely on -------------------------------------------------------
   // phase: "live" (the customer shown is the conversation's), "switching" (Sobot moved on, the new
@@ -168,7 +147,7 @@
     const form = event.target.closest("form[data-send-form]");
     if (form && form.dataset.filed) unlockForm(form);
   });
-  main.addEventListener("focusout", () => setTimeout(applyDeferred, 0));
+  main.addEventListener("focusout", () => setTimeout(() => patcher.applyDeferred(), 0));
 
   function prefillTicket(values) {
     const form = main.querySelector("form[data-send-form]");
@@ -183,210 +162,31 @@
     if (first) first.focus();
   }
 
-  // --- sending: audit first, then postMessage to the verified parent --------------------------
-  function newEventId() {
-    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-    const bytes = new Uint8Array(16);
-    crypto.getRandomValues(bytes);
-    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  }
+  // --- sending (panel-send.js): audit first, then postMessage to the verified parent ---------------
+  const sender = createSender({
+    t,
+    lang: boot.lang,
+    token: () => token,
+    parentOrigin: () => parentOrigin,
+    epoch: () => switchEpoch,
+    sessionOver: () => sessionOver(),
+    filed: (text) => patcher.applyDeferred(text),
+  });
+  const sendCard = sender.sendCard;
+  const sendTicket = sender.sendTicket;
 
-  async function submit(kind, data, holder) {
-    if (!parentOrigin) return { ok: false, message: t("parent_not_allowed") };
-    const epoch = switchEpoch;
-    // A retried click reuses the same id, so the audit stream never holds it twice.
-    holder.dataset.eventId = holder.dataset.eventId || newEventId();
-    let response;
-    try {
-      response = await fetch("/panel/send?lang=" + encodeURIComponent(boot.lang), {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify({ token, kind, id: holder.dataset.eventId, data }),
-      });
-    } catch (e) {
-      return { ok: false, message: t("network_error") };
-    }
-    let body = {};
-    try { body = await response.json(); } catch (e) { body = { ok: false, message: t("internal_error") }; }
-    if (response.status === 401) { sessionOver(); return { ok: false, message: t("session_ended") }; }
-    if (!response.ok || !body.ok) return body.ok === false ? body : { ok: false, message: t("internal_error") };
-    // Sobot moved to another conversation while this was being recorded: never hand it over now.
-    if (epoch !== switchEpoch) return { ok: false, message: t("switched_not_sent") };
-    window.parent.postMessage(body.message, parentOrigin);
-    delete holder.dataset.eventId;
-    return body;
-  }
-
-  function setResult(el, text, ok) {
-    if (!el) return;
-    el.textContent = text;
-    el.classList.toggle("ok", !!ok);
-    el.classList.toggle("bad", !ok);
-  }
-
-  async function sendCard(button) {
-    const result = button.parentElement.querySelector(".send-result");
-    button.disabled = true;
-    setResult(result, t("sending"), true);
-    try {
-      const body = await submit(button.dataset.send, JSON.parse(button.dataset.card), button);
-      if (body.ok) setResult(result, t(body.spooled ? "audit_spooled" : body.duplicate ? "sent_again" : "sent"), true);
-      else setResult(result, (body.problems || []).map((p) => p.message).join("；") || body.message, false);
-    } finally {
-      button.disabled = false;
-    }
-  }
-
-  function lockForm(form, text) {
-    form.dataset.filed = "1";
-    const button = form.querySelector('button[type="submit"]');
-    if (button) { button.disabled = true; button.setAttribute("aria-disabled", "true"); }
-    setResult(form.querySelector(".send-result"), text, true);
-  }
-
-  function unlockForm(form) {
-    if (!form.dataset.filed) return;
-    delete form.dataset.filed;
-    const button = form.querySelector('button[type="submit"]');
-    if (button) { button.disabled = false; button.removeAttribute("aria-disabled"); }
-    setResult(form.querySelector(".send-result"), "", true);
-  }
-
-  async function sendTicket(form) {
-    const data = {};
-    for (const el of form.querySelectorAll("input, textarea, select")) {
-      if (el.name) data[el.name] = el.value;
-      el.removeAttribute("aria-invalid");
-    }
-    form.querySelectorAll(".field-error").forEach((el) => (el.textContent = ""));
-    const button = form.querySelector('button[type="submit"]');
-    const result = form.querySelector(".send-result");
-    button.disabled = true;
-    setResult(result, t("sending"), true);
-    let filed = false;
-    try {
-      const body = await submit("ticket", data, form);
-      if (body.ok) {
-        // Filed: the form is cleared and locked, so a second click files nothing.
-        filed = true;
-        form.reset();
-        const done = t(body.spooled ? "audit_spooled" : "ticket_sent") + " " + t("ticket_filed_locked");
-        lockForm(form, done);
-        applyDeferred(done);
-        return;
-      }
-      setResult(result, body.message, false);
-      let focused = false;
-      for (const problem of body.problems || []) {
-        const err = form.querySelector("#err-" + CSS.escape(problem.field));
-        const input = form.elements.namedItem(problem.field);
-        if (err) err.textContent = problem.message;
-        if (input && input.setAttribute) {
-          input.setAttribute("aria-invalid", "true");
-          if (!focused) { input.focus(); focused = true; }
-        }
-      }
-    } finally {
-      if (!filed) button.disabled = false;
-    }
-  }
-
-  // --- showing pushes: patch what changed, keep what the agent is doing -------------------------
-  let shownHtml = null; // the fragment last applied, as received
-  let shownParts = new Map(); // data-part -> its HTML as received
-  const deferred = new Map(); // data-part -> a newer version held back while the agent uses the old one
-
-  function partsOf(root) {
-    const parts = new Map();
-    for (const el of root.children) if (el.dataset && el.dataset.part) parts.set(el.dataset.part, el);
-    return parts;
-  }
-
-  function inUse(part) {
-    const form = part.querySelector("form[data-send-form]");
-    if (!form) return false;
-    if (form.contains(document.activeElement)) return true;
-    for (const el of form.elements) {
-      if (el.type === "checkbox" || el.type === "radio") { if (el.checked !== el.defaultChecked) return true; }
-      else if (el.tagName === "SELECT") { if (Array.from(el.options).some((o) => o.selected !== o.defaultSelected)) return true; }
-      else if ("defaultValue" in el && el.value !== el.defaultValue) return true;
-    }
-    return false;
-  }
-
-  function focusKey(el) {
-    if (!el || el === document.body || !main.contains(el)) return null;
-    if (el.id) return "#" + CSS.escape(el.id);
-    if (el.dataset && el.dataset.key) return '[data-key="' + CSS.escape(el.dataset.key) + '"]';
-    return null;
-  }
-
-  function replaceAll(html) {
-    main.innerHTML = html;
-    deferred.clear();
-    return 1;
-  }
-
-  // Replace only the parts whose HTML changed; a part with a ticket form the agent is using waits.
-  // Returns how many parts changed. Parts are compared as the browser serialises them, on both sides.
-  function patch(html) {
-    const incoming = document.createElement("template");
-    incoming.innerHTML = html;
-    const fresh = partsOf(incoming.content);
-    const current = partsOf(main);
-    const sameShape = fresh.size > 0 && fresh.size === current.size && [...fresh.keys()].every((k) => current.has(k));
-    if (!sameShape) return replaceAll(html);
-    const focused = focusKey(document.activeElement);
-    let changed = 0;
-    for (const [key, node] of fresh) {
-      if (shownParts.get(key) === node.outerHTML) { deferred.delete(key); continue; }
-      const old = current.get(key);
-      if (inUse(old)) { deferred.set(key, node); continue; }
-      deferred.delete(key);
-      old.replaceWith(node);
-      changed += 1;
-    }
-    if (focused && !main.contains(document.activeElement)) {
-      const again = main.querySelector(focused);
-      if (again) again.focus();
-    }
-    return changed;
-  }
-
-  // A held-back part goes in once nobody is using it any more (after a filed ticket, or on leaving it).
-  function applyDeferred(filedText) {
-    for (const [key, node] of deferred) {
-      const old = partsOf(main).get(key);
-      if (!old) { deferred.delete(key); continue; }
-      if (filedText === undefined && inUse(old)) continue;
-      deferred.delete(key);
-      node.hidden = old.hidden;
-      old.replaceWith(node);
-      const form = node.querySelector("form[data-send-form]");
-      if (form && filedText !== undefined) lockForm(form, filedText);
-    }
-  }
+  // --- showing pushes ----------------------------------------------------------------------
+  const patcher = new Patcher(main);
 
   function show(frame, isSwitch) {
     counters.pushes += 1;
+    const another = typeof frame.partnerId === "string" && frame.partnerId !== partnerId;
     if (typeof frame.partnerId === "string") partnerId = frame.partnerId;
-    const waiting = main.querySelector("[data-testid=waiting]");
-    if (frame.html === shownHtml && !waiting) return; // identical to what is shown: nothing changes
-    const another = main.dataset.partnerId !== partnerId;
-    const changed = isSwitch || waiting || another ? replaceAll(frame.html) : patch(frame.html);
-    shownHtml = frame.html;
-    shownParts = serialisedParts(frame.html);
     main.dataset.partnerId = partnerId;
-    if (!changed) return;
+    if (!patcher.show(frame.html, isSwitch || another)) return;
     if (currentView) selectTab(currentView);
     counters.changes += 1;
     document.dispatchEvent(new CustomEvent("panel:updated", { detail: { partnerId } }));
-  }
-
-  function serialisedParts(html) {
-    const holder = document.createElement("template");
-    holder.innerHTML = html;
-    return new Map([...partsOf(holder.content)].map(([k, el]) => [k, el.outerHTML]));
   }
 
   // --- switching: Sobot's `selected`, relayed; only the latest one counts ------------------------
@@ -445,7 +245,7 @@
     const which = answered(frame);
     if (which === "stale") { flushSwitch(); return; } // an older switch's answer: the newer one is on its way
     if (which) {
-      signed = { url: urlOf(which.frame.query), at: frame.signedAt || null };
+      signed = { url: signedUrl(which.frame.query, boot.lang), at: frame.signedAt || null };
       pendingSwitch = null;
       phase = "live";
       show(frame, true);
@@ -469,21 +269,10 @@
   }
 
   // --- the session's end: reload our own signed URL while its sign is valid -----------------------
-  function urlOf(query) {
-    const pairs = Object.entries(query || {}).map(([k, v]) => encodeURIComponent(k) + "=" + encodeURIComponent(v === null ? "" : String(v)));
-    return location.origin + location.pathname + "?" + pairs.join("&") + "&lang=" + encodeURIComponent(boot.lang || "zh");
-  }
-
-  function signStillValid(at) {
-    if (typeof at !== "number") return false;
-    const maxAgeMs = (boot.signMaxAge || 300) * 1000;
-    return Date.now() + skewMs < at + maxAgeMs - 15000; // with a margin for the round trip
-  }
-
   function reloadFrom(query) {
     closedByUs = true;
     if (socket) socket.close(1000);
-    location.replace(urlOf(query));
+    location.replace(signedUrl(query, boot.lang));
   }
 
   function sessionOver() {
@@ -492,7 +281,7 @@
     let recently = false;
     try { recently = Date.now() - Number(sessionStorage.getItem("sobot-panel-reloaded") || 0) < 30000; } catch (e) { /* storage off */ }
     // A fresh page brings a fresh session; a reload that just happened and ended again would loop.
-    if (!recently && (waitingShell || signStillValid(signed.at))) {
+    if (!recently && (waitingShell || signStillValid(signed.at, boot.signMaxAge, skewMs))) {
       try { sessionStorage.setItem("sobot-panel-reloaded", String(Date.now())); } catch (e) { /* storage off */ }
       closedByUs = true;
       if (socket) socket.close(1000);
@@ -571,8 +360,6 @@
   window.addEventListener("pagehide", () => { closedByUs = true; if (socket) socket.close(1000); });
 
   main.dataset.partnerId = partnerId;
-  // What the page came with, serialised as pushes will be: the first push changes only what differs.
-  if (!main.querySelector("[data-testid=waiting]")) shownParts = serialisedParts(main.innerHTML);
   connect();
   window.sobotPanel = {
     get parentOrigin() { return parentOrigin; },

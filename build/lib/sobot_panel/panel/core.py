@@ -10,6 +10,7 @@ in the page shell (`page()`); a websocket push sends it as it is.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,10 @@ class Panel:
     @property
     def html(self) -> str:
         return b"".join(self.parts).decode()
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(12)
 
 
 def lookup_keys(context: SurfaceContext) -> LookupKeys:
@@ -109,11 +114,15 @@ class PanelCore:
 
     # --- build -----------------------------------------------------------------------------------
 
-    async def build(self, surface: Surface, context: SurfaceContext | None, lang: Lang, view: View | None) -> Panel:
-        """Look the context's customer up and render it, with a fresh session token for what is shown."""
+    async def build(
+        self, surface: Surface, context: SurfaceContext | None, lang: Lang, view: View | None, *, session: str = ""
+    ) -> Panel:
+        """Look the context's customer up and render it, with a fresh session token for what is shown.
+
+        `session` is the session a push continues; a page load (none given) starts a new one."""
         result = await self._lookup(context) if context is not None else None
         parts = self._fragment(surface, context, result, lang, view) if context is not None else []
-        claims = self._claims(surface, context, result.customer if result else None)
+        claims = self._claims(surface, context, result.customer if result else None, session or new_session_id())
         return Panel(surface, context, result, parts, self.tokens.issue(claims), claims)
 
     async def _lookup(self, context: SurfaceContext) -> CacheResult | None:
@@ -133,9 +142,11 @@ class PanelCore:
         tried = result.tried if result else lookup_keys(context).ordered()
         customer = result.customer if result else None
         stale = bool(result and result.stale)
-        return self.renderer.fragment_parts(customer, context, lang, view, stale=stale, tried=tried)
+        return self.renderer.fragment_parts(customer, context, lang, view, surface=surface, stale=stale, tried=tried)
 
-    def _claims(self, surface: Surface, context: SurfaceContext | None, customer: Customer | None) -> SessionClaims:
+    def _claims(
+        self, surface: Surface, context: SurfaceContext | None, customer: Customer | None, session: str
+    ) -> SessionClaims:
         return SessionClaims(
             surface=surface.value,
             agent=context.agent if context else "",
@@ -145,6 +156,7 @@ class PanelCore:
             mini_program=bool(customer and customer.channel == "miniprogram"),
             expires_ms=now_ms() + self._ttl_ms,
             context=tuple((k, v) for k, v in context.fields.items() if k != "sign" and v) if context else (),
+            session=session,
         )
 
     # --- pages and sessions ----------------------------------------------------------------------
@@ -158,6 +170,10 @@ class PanelCore:
             "lang": lang,
             **self._boot,
             "partnerId": panel.customer.partnerId if panel.customer else "",
+            # When the page's sign was made and the server's clock now: panel.js knows whether reloading
+            # its own signed URL would still verify when its session ends.
+            "signedAt": panel.context.signed_at_ms if panel.context else None,
+            "now": now_ms(),
         }
         return self.renderer.page(lang, panel.surface, boot, panel.parts if panel.context is not None else None)
 

@@ -81,10 +81,13 @@ class SessionClaims:
     expires_ms: int = 0
     # The verified query fields (sign removed), so any replica can re-render this panel after a reconnect.
     context: tuple[tuple[str, str], ...] = ()
+    # One page load's session, kept through pushes and renewals: what the per-session socket cap counts.
+    session: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {"s": self.surface, "a": self.agent, "p": self.partner_id, "u": self.uid, "c": self.cid,
-                "m": int(self.mini_program), "e": self.expires_ms, "x": dict(self.context)}  # fmt: skip
+                "m": int(self.mini_program), "e": self.expires_ms, "x": dict(self.context),
+                "i": self.session}  # fmt: skip
 
 
 def issue_token(key: bytes, claims: SessionClaims) -> str:
@@ -107,6 +110,7 @@ def read_token(key: bytes, token: str, now_ms: int) -> SessionClaims:
             surface=str(raw["s"]), agent=str(raw["a"]), partner_id=str(raw["p"]), uid=str(raw["u"]),
             cid=str(raw["c"]), mini_program=bool(raw.get("m")), expires_ms=int(raw["e"]),
             context=tuple((str(k), str(v)) for k, v in dict(raw.get("x") or {}).items()),
+            session=str(raw.get("i") or ""),
         )  # fmt: skip
     except (ValueError, KeyError, TypeError) as error:
         raise TokenError(Code.TOKEN_INVALID) from error
