@@ -47,6 +47,7 @@ class Code(StrEnum):
     UNKNOWN_KIND = "unknown_kind"
     BAD_EVENT_ID = "bad_event_id"
     PAYLOAD_INVALID = "payload_invalid"
+    ACTION_NOT_OFFERED = "action_not_offered"
     PAYLOAD_NOT_OBJECT = "payload_not_object"
     BAD_CHARACTERS = "bad_characters"
     BAD_DATE = "bad_date"
@@ -123,6 +124,12 @@ class NotFound(PanelError):
     """Unknown surface or view (HTTP 404)."""
 
     status = 404
+
+
+class NotOffered(PanelError):
+    """A send of a kind this surface does not offer (PANEL_CARD_SURFACES, PANEL_TICKET_SURFACES) (HTTP 403)."""
+
+    status = 403
 
 
 class Unavailable(PanelError):
