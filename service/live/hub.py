@@ -1,9 +1,11 @@
 """The live hub: this replica's open panels, indexed by the customer they show, and the Redis pub/sub
 fan-out that refreshes them.
 
-Each replica subscribes to a customer's channel while it has sockets showing that customer, so an
-invalidation reaches only the replicas that need it. Pub/sub is at most once: refreshes published while
-a replica's subscription is down are lost, so after every reconnect the hub resynchronises its panels.
+Each replica listens on a customer's channel while it has sockets showing that customer, so an
+invalidation reaches only the replicas that need it: one listener per indexed socket, and the pub/sub
+reader (`sobot_panel.redis.pubsub`) subscribes on the first and unsubscribes on the last. Pub/sub is at
+most once: refreshes published while the reader is away are lost, so after every reconnect the hub
+resynchronises its panels (a push identical to what a panel shows changes nothing there).
 """
 
 from __future__ import annotations
