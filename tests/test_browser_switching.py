@@ -38,6 +38,7 @@ from .helpers.browser import (  # noqa: E402
     now_ms,
     received_now,
     sample_customer,
+    save_screenshot_path,
     text,
     wait_for_stream,
     wait_received,
@@ -134,6 +135,7 @@ async def test_a_slow_switch_leaves_nothing_clickable_for_the_old_customer(
     with pytest.raises(PlaywrightTimeout):
         await frame.locator("button[data-send]").first.click(timeout=1_000)
     assert await received_now(page) == [] and await stream_redis.xlen(STREAM) == 0
+    await page.screenshot(path=save_screenshot_path("state-switching"))
     timing = await frame.evaluate("window.__timing")
     _record("switch-busy-ms", round(timing["busy"] - timing["message"], 2))
 
@@ -175,6 +177,7 @@ async def test_a_refused_switch_says_so_and_leaves_nothing_clickable(
     await expect(main).to_have_attribute("data-state", "failed")
     await expect(status).to_contain_text(text("switch_failed", reason="").rstrip("：: "))
     await expect(status).to_have_class("state-banner bad")
+    await page.screenshot(path=save_screenshot_path(f"state-refused-{reason}"))
     assert await clickable(frame) == 0
     await expect(main).to_have_attribute("aria-busy", "false")
     # Retry asks again (the server refuses it again: a second counted failure).
@@ -205,6 +208,7 @@ async def test_a_lost_connection_dims_and_reconciles_to_the_latest_switch(
     main = frame.locator("#panel")
     await expect(main).to_have_attribute("data-state", "offline")
     await expect(frame.locator("#panel-status")).to_contain_text(text("offline"))
+    await page.screenshot(path=save_screenshot_path("state-offline"))
     # Sobot switches twice while the panel is offline: only the latest may be asked for, and shown.
     await post_selected(page, server, server.context(Surface.WORKBENCH, sample_customer("C1002")))
     await post_selected(page, server, server.context(Surface.WORKBENCH, sample_customer("C1004")))
@@ -355,6 +359,7 @@ async def test_a_restart_after_the_sign_expired_says_the_session_ended_and_recov
         status = frame.locator("#panel-status")
         await expect(status).to_contain_text(text("session_ended"))
         await expect(status.get_by_role("button", name=text("reload"))).to_be_visible()
+        await page.screenshot(path=save_screenshot_path("state-ended"))
         assert await clickable(frame) == 0
         assert await page.evaluate("window.frameLoads") == 1  # no reload loop onto a 403 page
         # Sobot's next switch carries a fresh sign: the panel opens that conversation as a new page.
