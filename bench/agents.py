@@ -137,13 +137,20 @@ class Agent:
 
     async def connect(self, *, resync: bool) -> bool:
         world = self.world
-        url = world.base.replace("http://", "ws://") + f"/ws?token={self.token}"
+        url = world.base.replace("http://", "ws://") + "/ws"  # the token goes in the first frame, never the URL
         try:
-            self.ws = await world.sockets.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                                                     max_msg_size=0, autoping=True)  # fmt: skip
+            ws = await world.sockets.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                                                max_msg_size=0, autoping=True)  # fmt: skip
+            await ws.send_str(json.dumps({"type": "hello", "token": self.token, "view": None}))
+            answer = await ws.receive(timeout=RELAY_TIMEOUT_S)
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             world.recorder.error("connect", _error_of(error))
             return False
+        if answer.type is not aiohttp.WSMsgType.TEXT or json.loads(answer.data).get("type") != "ready":
+            world.recorder.error("connect", f"closed {ws.close_code}")
+            await ws.close()
+            return False
+        self.ws = ws
         self.connected = True
         self._attempts = 0
         self._reader = asyncio.create_task(self._read(self.ws))

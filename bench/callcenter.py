@@ -557,8 +557,9 @@ def main(argv: list[str]) -> int:
     with redis_server() as redis, helper("enterprise", "--customers", str(cfg.customers), "--latency",
                                          str(cfg.upstream_latency)) as (enterprise_url, enterprise):  # fmt: skip
         port = free_port()
+        # The simulated agents file tickets from the workbench too, so it offers them here.
         env = {"PANEL_DIRECTORY_URL": enterprise_url, "PANEL_DIRECTORY_TOKEN": ENTERPRISE_TOKEN,
-               "PANEL_SIGN_MAX_AGE": str(SIGN_MAX_AGE)}  # fmt: skip
+               "PANEL_SIGN_MAX_AGE": str(SIGN_MAX_AGE), "PANEL_TICKET_SURFACES": "workbench ticket"}  # fmt: skip
         with service(port, redis.url, workers=cfg.workers, **env) as proc:
             rig = Rig(redis, enterprise_url, enterprise.pid, proc.pid, cfg.workers)
             run = asyncio.run(shift(cfg, f"http://127.0.0.1:{port}", rig))

@@ -155,7 +155,8 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def dump_json(path: Path, data: object) -> Path:
+def dump_json(path: Path | str, data: object) -> Path:
+    path = Path(path)  # --out arrives as text
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n", encoding="utf-8")
     return path

@@ -7,10 +7,11 @@ call-center bench:
 `GET /customers/lookup?partnerId=|phone=|email=|uid=|unionId=` answers the customers of
 `web/sample/customers.json` exactly as stored (or `customers(N)`: the sample customers cloned with fresh
 partnerId, phone, email, uid and unionId), 404 when nobody matches, 401 without the bearer token.
-Knobs: `latency` (seconds, a slow upstream), `fail_with` (an HTTP status to answer instead), `raw_body`
-(bytes to answer with 200, e.g. broken JSON), `token` (None: no auth required); `calls` counts requests per
-`key:value`; `reset()` puts every knob back. Over HTTP, `POST /_control` with JSON
-`{"latency": seconds, "fail_with": status | null}` turns the knobs while it runs; `GET /_stats` counts calls.
+Knobs: `latency` (seconds, a slow upstream), `hold` (an Event every lookup waits for), `fail_with` (an HTTP
+status to answer instead), `raw_body` (bytes to answer with 200, e.g. broken JSON), `token` (None: no auth
+required); `calls` counts requests per `key:value`; `reset()` puts every knob back. Over HTTP,
+`POST /_control` with JSON `{"latency": seconds, "fail_with": status | null}` turns the knobs while it runs;
+`GET /_stats` counts calls.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class FakeEnterprise:
         self.customers: list[dict[str, Any]] = json.loads(sample_file("customers.json").read_text(encoding="utf-8"))[
             "customers"
         ]
+        self._index: dict[tuple[str, str], dict[str, Any]] | None = None
         self.default_token = token
         self.url = ""
         self.calls: Counter[str] = Counter()
@@ -58,6 +60,7 @@ class FakeEnterprise:
         self.latency = 0.0
         self.fail_with: int | None = None
         self.raw_body: bytes | None = None
+        self.hold: asyncio.Event | None = None  # while set to an unset Event, every lookup waits for it
         self.calls.clear()
         self.authorizations.clear()
 
@@ -65,7 +68,20 @@ class FakeEnterprise:
     def total_calls(self) -> int:
         return sum(self.calls.values())
 
+    def use_customers(self, population: list[dict[str, Any]]) -> None:
+        """Serve these customers, found through an index (a bench's thousands stay O(1) a lookup)."""
+        self.customers = population
+        index: dict[tuple[str, str], dict[str, Any]] = {}
+        for customer in population:
+            for key in ("partnerId", "phone", "email", "uid", "unionId"):
+                value = str(customer.get(key, ""))
+                if value:
+                    index.setdefault((key, value.casefold() if key == "email" else value), customer)
+        self._index = index
+
     def find(self, key: str, value: str) -> dict[str, Any] | None:
+        if self._index is not None:
+            return self._index.get((key, value.casefold() if key == "email" else value))
         for customer in self.customers:
             stored = str(customer.get(key, ""))
             if stored and (stored.casefold() == value.casefold() if key == "email" else stored == value):
@@ -83,6 +99,8 @@ class FakeEnterprise:
         self.calls[f"{key}:{value}"] += 1
         if self.latency:
             await asyncio.sleep(self.latency)
+        if self.hold is not None:
+            await self.hold.wait()
         if self.fail_with is not None:
             return web.json_response({"error": "simulated failure"}, status=self.fail_with)
         if self.raw_body is not None:
@@ -106,13 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     # The same fake the tests use (its lookup, auth and knobs), with a bigger population and an index.
     fake = FakeEnterprise(token=TOKEN)
-    fake.customers = customers(args.customers)
-    index: dict[tuple[str, str], dict[str, Any]] = {}
-    for customer in fake.customers:
-        for key in ("partnerId", "phone", "email", "uid", "unionId"):
-            value = str(customer.get(key, ""))
-            index.setdefault((key, value.casefold() if key == "email" else value), customer)
-    fake.find = lambda key, value: index.get((key, value.casefold() if key == "email" else value))  # type: ignore[method-assign]
+    fake.use_customers(customers(args.customers))
     fake.latency = args.latency
 
     async def control(request: web.Request) -> web.Response:

@@ -103,15 +103,29 @@ async def _reader(run: Run, index: int, ws: aiohttp.ClientWebSocketResponse) -> 
         run.error(f"closed:{ws.close_code}")
 
 
-async def open_sockets(session: aiohttp.ClientSession, run: Run, url_of: list[str]) -> float:
+# Where to connect, and the first frame to send (the service's hello with the token; None for the echo).
+Target = tuple[str, str | None]
+
+
+def hello(token: str) -> str:
+    return json.dumps({"type": "hello", "token": token, "view": None})
+
+
+async def open_sockets(session: aiohttp.ClientSession, run: Run, url_of: list[Target]) -> float:
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     started = time.perf_counter()
 
     async def one(index: int) -> None:
+        url, first = url_of[index]
         async with gate:
             for attempt in range(3):
                 try:
-                    ws = await session.ws_connect(url_of[index], autoping=True, max_msg_size=0)
+                    ws = await session.ws_connect(url, autoping=True, max_msg_size=0)
+                    if first is not None:
+                        await ws.send_str(first)
+                        ready = await ws.receive(timeout=10)
+                        if ready.type is not aiohttp.WSMsgType.TEXT:
+                            raise aiohttp.ClientError(f"refused: {ws.close_code}")
                     break
                 except (aiohttp.ClientError, OSError):
                     if attempt == 2:
@@ -161,8 +175,8 @@ async def switch(run: Run, rate: float, seconds: float, frame_of: FrameOf) -> No
         run.pending.clear()
 
 
-async def measure(url_of: list[str], pid: int, rate: float, seconds: float, frame_of: FrameOf,
-                  warm_url: str) -> dict[str, object]:  # fmt: skip
+async def measure(url_of: list[Target], pid: int, rate: float, seconds: float, frame_of: FrameOf,
+                  warm_url: Target) -> dict[str, object]:  # fmt: skip
     run = Run()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -203,10 +217,11 @@ def selected_frame(index: int, request_id: int) -> str:
 
 def run_panels(redis_url: str, panels: int, rate: float, seconds: float) -> dict[str, object]:
     port = free_port()
-    base = f"ws://127.0.0.1:{port}/ws?token="
-    urls = [base + mint_token(i, random.choice(PARTNERS)) for i in range(panels)]
+    url = f"ws://127.0.0.1:{port}/ws"
+    targets: list[Target] = [(url, hello(mint_token(i, random.choice(PARTNERS)))) for i in range(panels)]
     with service(port, redis_url) as proc:
-        return asyncio.run(measure(urls, proc.pid, rate, seconds, selected_frame, base + mint_token(99_999, "C1001")))
+        warm = (url, hello(mint_token(99_999, "C1001")))
+        return asyncio.run(measure(targets, proc.pid, rate, seconds, selected_frame, warm))
 
 
 def run_echo(panels: int, rate: float, seconds: float, reply_bytes: int) -> dict[str, object]:
@@ -215,7 +230,7 @@ def run_echo(panels: int, rate: float, seconds: float, reply_bytes: int) -> dict
 
     with helper("bare", name="echo") as (base, proc):
         url = base.replace("http://", "ws://") + "/ws"
-        return asyncio.run(measure([url] * panels, proc.pid, rate, seconds, frame, url))
+        return asyncio.run(measure([(url, None)] * panels, proc.pid, rate, seconds, frame, (url, None)))
 
 
 def main(argv: list[str]) -> int:

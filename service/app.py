@@ -162,12 +162,20 @@ async def _panel_ctx(app: web.Application) -> AsyncIterator[None]:
             app[TICKET_FIELDS],
             base_url=settings.base_url,
             card_format=settings.card_format,
+            card_surfaces=settings.card_surface_set,
+            ticket_surfaces=settings.ticket_surface_set,
+            customer_lang=settings.customer_lang,
         ),
         tokens=SessionTokens(*settings.session_keys()),
         metrics=metrics,
         session_ttl_s=settings.session_ttl,
         session_max_age_s=settings.session_max_age,
-        boot={"origins": settings.origin_patterns, "allowSelf": settings.demo, "cardFormat": settings.card_format},
+        boot={
+            "origins": settings.origin_patterns,
+            "allowSelf": settings.demo,
+            "cardFormat": settings.card_format,
+            "signMaxAge": settings.sign_max_age,
+        },
         trusted_unsigned=settings.trusted_unsigned,
     )
     try:
@@ -264,10 +272,9 @@ async def _live_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        hub.stopping = True
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
+        hub.stop()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(listener, 3.0)  # cancelled if the stop flag is not seen in time
 
 
 async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:

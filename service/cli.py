@@ -211,6 +211,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning(warning)
     if settings.demo:
         log.info("open the Sobot host simulator: %s/dev/host", settings.base_url)
+        if settings.demo_key_path is not None:
+            log.info("demo: panel sessions are signed with the key kept in %s, so they survive a restart",
+                     settings.demo_key_path)  # fmt: skip
     if args.workers > 1:
         return _supervise(settings, args, host, port)
     return _run_one(settings, host, port, args.grace, reuse_port=False, drain_delay=args.drain_delay)

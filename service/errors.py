@@ -49,6 +49,7 @@ class Code(StrEnum):
     UNKNOWN_KIND = "unknown_kind"
     BAD_EVENT_ID = "bad_event_id"
     PAYLOAD_INVALID = "payload_invalid"
+    ACTION_NOT_OFFERED = "action_not_offered"
     PAYLOAD_NOT_OBJECT = "payload_not_object"
     BAD_CHARACTERS = "bad_characters"
     BAD_DATE = "bad_date"
@@ -150,6 +151,12 @@ class Conflict(PanelError):
     """The request contradicts what was recorded before, e.g. a send id reused for other content (HTTP 409)."""
 
     status = 409
+
+
+class NotOffered(PanelError):
+    """A send of a kind this surface does not offer (PANEL_CARD_SURFACES, PANEL_TICKET_SURFACES) (HTTP 403)."""
+
+    status = 403
 
 
 class Unavailable(PanelError):

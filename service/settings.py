@@ -6,6 +6,7 @@ names the variable (see `describe_error`).
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .protocol.signing import SignPolicy
+from .protocol.surfaces import Surface
 from .protocol.trust import TRUSTABLE
 from .redis import parse_redis_url
 
@@ -34,6 +36,30 @@ SECRET_FIELDS = ("secret", "secret_previous", "wecom_secret", "wecom_temp_id", "
 # Settings where "set but empty" (`PANEL_SECRET=`) is a mistake, never "unset".
 NEEDS_A_VALUE = ("sysnum", *SECRET_FIELDS, "wecom_gateway", "redis_tls_ca", "redis_prefix", "data_dir", "host",
                  "public_url", "host_origins", "directory_url", "directory_plugin", "ticket_fields")  # fmt: skip
+SESSION_KEY_FILE = "session.key"
+
+
+def demo_session_key(data_dir: Path) -> str | None:
+    """The demo's session key, kept in `data_dir/session.key` (made on first use, readable by its owner
+    only); None when the directory cannot hold it (the caller then makes a per-process key)."""
+    path = data_dir / SESSION_KEY_FILE
+    try:
+        kept = path.read_text(encoding="ascii").strip()
+        if len(kept) >= 32:
+            return kept
+    except (OSError, UnicodeDecodeError):
+        pass
+    key = secrets.token_urlsafe(32)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as file:
+            file.write(key + "\n")
+        os.replace(partial, path)
+    except OSError:
+        return None
+    return key
 
 
 class Settings(BaseSettings):
@@ -78,6 +104,12 @@ class Settings(BaseSettings):
 
     ticket_fields: Path | None = None
     card_format: Literal["classic", "v6"] = "classic"
+    # Where the panel offers what Sobot carries out (SPEC §5): cards in the chat workbench, createOrder in
+    # the ticket center. Elsewhere the views are read-only and say where the action lives.
+    card_surfaces: str = "workbench"
+    ticket_surfaces: str = "ticket"
+    # The language of what the customer reads (the V6 card's customCardStatus), whatever the agent's UI.
+    customer_lang: Literal["zh", "en"] = "zh"
 
     audit_maxlen: int | None = Field(default=1_000_000, ge=1)
     audit_max_age: int | None = Field(default=None, ge=60)
@@ -110,9 +142,14 @@ class Settings(BaseSettings):
     # Unsigned customer keys an operator chooses to trust in secret mode (space or comma separated, from
     # partnerId and uid): off by default, see "Security" in the README.
     trust_unsigned: str = ""
+    # sockets one panel session may hold open on one replica (a panel needs one; a reconnect may briefly
+    # overlap a socket the server has not yet seen die). Counted per session, never per IP address:
+    # a call center's agents share one NAT address.
+    ws_per_session: int = Field(default=4, ge=1, le=64)
 
     demo: bool = False
     _session_key_generated: bool = PrivateAttr(default=False)
+    _demo_key_path: Path | None = PrivateAttr(default=None)
     log_format: Literal["text", "json"] = "text"
 
     # --- operating at scale: audit retention and idempotency, the spool's place, logs, metrics ----------
@@ -178,6 +215,20 @@ class Settings(BaseSettings):
             raise ValueError(f"{', '.join(unknown)}: only {' and '.join(TRUSTABLE)} can be trusted unsigned")
         return " ".join(names)
 
+    @field_validator("card_surfaces", "ticket_surfaces")
+    @classmethod
+    def _surface_names(cls, value: str) -> str:
+        names = value.replace(",", " ").split()
+        if names == ["none"]:
+            return ""
+        if not names:
+            raise ValueError("is empty: name surfaces (e.g. workbench), or none")
+        known = [surface.value for surface in Surface]
+        for name in names:
+            if name not in known:
+                raise ValueError(f"{name!r} is not a surface; use {', '.join(known)} (or none)")
+        return " ".join(names)
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
@@ -236,6 +287,13 @@ class Settings(BaseSettings):
             raise ValueError("PANEL_SECRET_PREVIOUS: needs PANEL_SECRET (the key that replaced it)")
         if self.session_key_previous is not None and self.session_key is None:
             raise ValueError("PANEL_SESSION_KEY_PREVIOUS: needs PANEL_SESSION_KEY (the key that replaced it)")
+        if self.session_key is None and self.demo:
+            # The demo keeps its key in its data directory, so `make run` survives a restart: open panels
+            # reconnect with the tokens they hold instead of ending their sessions.
+            kept = demo_session_key(self.data_dir)
+            if kept is not None:
+                object.__setattr__(self, "session_key", SecretStr(kept))
+                self._demo_key_path = self.data_dir / SESSION_KEY_FILE
         if self.session_key is None:
             object.__setattr__(self, "session_key", SecretStr(secrets.token_urlsafe(32)))
             self._session_key_generated = True
@@ -254,6 +312,19 @@ class Settings(BaseSettings):
     @property
     def session_key_generated(self) -> bool:
         return self._session_key_generated
+
+    @property
+    def demo_key_path(self) -> Path | None:
+        """Demo mode without PANEL_SESSION_KEY: the file the key is kept in."""
+        return self._demo_key_path
+
+    @property
+    def card_surface_set(self) -> frozenset[Surface]:
+        return frozenset(Surface(name) for name in self.card_surfaces.split())
+
+    @property
+    def ticket_surface_set(self) -> frozenset[Surface]:
+        return frozenset(Surface(name) for name in self.ticket_surfaces.split())
 
     @property
     def base_url(self) -> str:

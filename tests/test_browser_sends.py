@@ -55,8 +55,10 @@ AUDIT_FIELDS = {
 }
 CARD_KEYS = {"cid", "uid", "msgType", "miniPage"}
 # The panel's CSP forbids eval, which a polling wait_for_function needs; a promise does not.
-IMAGES_LOADED = """() => Promise.all(Array.from(document.images, (img) => img.complete ? null :
-  new Promise((done) => { img.addEventListener("load", done); img.addEventListener("error", done); })))"""
+# Only images on screen: a lazy one in a closed disclosure or a hidden tab never loads, by design.
+IMAGES_LOADED = """() => Promise.all(Array.from(document.images)
+  .filter((img) => img.getClientRects().length > 0 && !img.closest("details:not([open])") && !img.complete)
+  .map((img) => new Promise((done) => { img.addEventListener("load", done); img.addEventListener("error", done); })))"""
 
 
 async def open_in_parent(
@@ -189,7 +191,7 @@ async def test_ticket_reaches_the_parent_keyed_by_the_configured_ids(
     await panel.get_by_role("button", name=text("submit_ticket")).click()
 
     [got] = await wait_received(page, 1)
-    await expect(panel.locator("form .send-result")).to_have_text(text("ticket_sent"))
+    await expect(panel.locator("form .send-result")).to_contain_text(text("ticket_sent"))
     message = got["data"]
     assert message == {"type": "createOrder", "params": values}
     assert got["origin"] == server.origin
@@ -251,7 +253,7 @@ async def test_an_invalid_ticket_shows_the_error_at_the_field_and_posts_nothing(
 ) -> None:  # fmt: skip
     server = await panel_server()
     customer = sample_customer("C1001")
-    panel, _ = await open_in_parent(page, server, fake_parent, Surface.WORKBENCH, customer)
+    panel, _ = await open_in_parent(page, server, fake_parent, Surface.TICKET, customer)
     await open_tab(panel, View.NEW_TICKET)
     labels = {f.id: f.label for f in DEFAULT_TICKET_FIELDS}
     values = {"card_title": "发票抬头修改", "card_url": "https://shop.example.cn/o/1", **changes}
@@ -327,19 +329,126 @@ async def test_a_retried_send_reuses_its_id_and_is_recorded_once(
 
 # --- how each view looks at each surface's size ------------------------------------------------
 
+# Everything an agent can press in the panel, with its height.
+TARGETS = """() => Array.from(document.querySelectorAll("#panel button, #panel summary"))
+  .filter((el) => el.getClientRects().length > 0).map((el) => el.getBoundingClientRect().height)"""
 
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
 @pytest.mark.parametrize("surface", list(Surface), ids=lambda s: s.value)
-async def test_every_view_fits_its_surface(page: Page, panel_server: PanelServerFactory, surface: Surface) -> None:
+async def test_every_view_fits_its_surface(
+    page: Page, panel_server: PanelServerFactory, surface: Surface, lang: str
+) -> None:
     server = await panel_server()
     customer = sample_customer("C1001")
     width, height = FRAME_SIZES[surface]
     await page.set_viewport_size({"width": width, "height": height})
     for view in View:
-        url, _ = server.embed_url(surface, customer, view=view.value)
+        url, _ = server.embed_url(surface, customer, view=view.value, lang=lang)
         await page.goto(url)
         await expect(page.get_by_test_id("customer-name")).to_contain_text(customer.name)
         await page.evaluate(IMAGES_LOADED)
-        await page.screenshot(path=save_screenshot_path(f"{surface.value}-{view.value}"))
+        await page.screenshot(path=save_screenshot_path(f"{surface.value}-{view.value}-{lang}"))
         # Nothing may stick out sideways: Sobot's iFrame has no horizontal scrollbar to spare.
         overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{surface.value}/{view.value} is {overflow}px wider than {width}px"
+        # Only the actions Sobot carries out: cards in the chat workbench, the ticket form in the ticket center.
+        sends = page.locator("button[data-send]")
+        if view is View.ORDERS:
+            if surface is Surface.WORKBENCH:
+                await expect(sends.first).to_be_visible()
+            else:
+                assert await sends.count() == 0
+                await expect(page.locator(".read-only")).to_contain_text(text("surface_name_workbench", lang))
+        if view is View.NEW_TICKET:
+            form = page.locator("form[data-send-form]")
+            if surface is Surface.TICKET:
+                await expect(form).to_be_visible()
+            else:
+                assert await form.count() == 0
+                await expect(page.get_by_test_id("tickets-elsewhere")).to_contain_text(
+                    text("surface_name_ticket", lang)
+                )
+        if surface is Surface.WECOM:  # a thumb, not a mouse: 44 px targets
+            heights = await page.evaluate(TARGETS)
+            assert heights and min(heights) >= 44, heights
+
+
+async def test_the_tabbed_panel_shows_only_what_the_surface_offers(
+    page: Page, panel_server: PanelServerFactory
+) -> None:
+    server = await panel_server()
+    customer = sample_customer("C1001")
+    for surface in Surface:
+        url, _ = server.embed_url(surface, customer)
+        await page.goto(url)
+        tabs = [await tab.text_content() for tab in await page.get_by_role("tab").all()]
+        # The new-ticket tab only where Sobot takes the ticket (the ticket center by default).
+        assert (text("tab_new_ticket") in tabs) == (surface is Surface.TICKET), (surface, tabs)
+        await page.get_by_role("tab", name=text("tab_orders")).click()
+        buttons = await page.locator("button[data-send]").count()
+        assert (buttons > 0) == (surface is Surface.WORKBENCH), (surface, buttons)
+
+
+@pytest.mark.parametrize(("surface", "size"), [(Surface.TICKET, (730, 500)), (Surface.CALL, (790, 500))],
+                         ids=["ticket-730x500", "call-790x500"])  # fmt: skip
+async def test_the_submit_button_is_in_sight_without_scrolling(
+    page: Page, panel_server: PanelServerFactory, surface: Surface, size: tuple[int, int]
+) -> None:
+    server = await panel_server(ticket_surfaces="ticket call")
+    customer = sample_customer("C1001")
+    await page.set_viewport_size({"width": size[0], "height": size[1]})
+    for view in (None, View.NEW_TICKET.value):
+        url, _ = server.embed_url(surface, customer, view=view)
+        await page.goto(url)
+        if view is None:
+            await page.get_by_role("tab", name=text("tab_new_ticket")).click()
+        submit = page.get_by_role("button", name=text("submit_ticket"))
+        await expect(submit).to_be_visible()
+        box = await submit.bounding_box()
+        assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= size[1], (view, box)
+        assert await page.evaluate("window.scrollY") == 0
+        await page.screenshot(path=save_screenshot_path(f"{surface.value}-submit-{size[0]}x{size[1]}"))
+
+
+async def test_the_workbench_header_is_compact_and_long_orders_fold(
+    page: Page, panel_server: PanelServerFactory
+) -> None:
+    server = await panel_server()
+    customer = sample_customer("C1001")
+    width, height = FRAME_SIZES[Surface.WORKBENCH]
+    await page.set_viewport_size({"width": width, "height": height})
+    url, _ = server.embed_url(Surface.WORKBENCH, customer)
+    await page.goto(url)
+    tabs = await page.get_by_role("tablist").bounding_box()
+    assert tabs is not None
+    _measured("workbench-tabs-top-px", tabs["y"])
+    assert tabs["y"] <= 72, f"{tabs['y']} px of header above the tabs"
+    # The agent and the conversation (a 32-character cid) are one click away, not always on screen.
+    details = page.get_by_test_id("context")
+    await expect(details.locator("dl")).to_be_hidden()
+    await details.locator("summary").click()
+    await expect(details.locator("dl")).to_be_visible()
+    await expect(details).to_contain_text("agent@demo.sobot.com")
+
+    await page.get_by_role("tab", name=text("tab_orders")).click()
+    codes = [await li.get_attribute("data-order") for li in await page.locator("li.order").all()]
+    newest_first = [o.orderCode for o in sorted(customer.orders, key=lambda o: o.createTime, reverse=True)]
+    assert codes == newest_first
+    big = next(o for o in customer.orders if len(o.goods) > 2)
+    card = page.locator(f'li[data-order="{big.orderCode}"]')
+    await expect(card.locator(":scope > ul.goods > li")).to_have_count(2)
+    more = card.locator("details.more-goods")
+    await expect(more.locator("summary")).to_have_text(text("more_goods", n=len(big.goods) - 2))
+    await expect(more.locator("li").first).to_be_hidden()
+    await more.locator("summary").click()
+    await expect(more.locator("li")).to_have_count(len(big.goods) - 2)
+    await page.screenshot(path=save_screenshot_path("workbench-orders-folded"))
+
+
+def _measured(name: str, value: object) -> None:
+    """A figure for the report (never a pass/fail criterion on its own)."""
+    path = save_screenshot_path("x").with_name("ui-figures.json")
+    figures = json.loads(path.read_text()) if path.exists() else {}
+    figures[name] = value
+    path.write_text(json.dumps(figures, indent=2) + "\n")

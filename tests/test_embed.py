@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sobot_panel.app import create_app
+from sobot_panel.i18n import Catalog
 from sobot_panel.observability import AccessLogger
 from sobot_panel.protocol.signing import SignPolicy, sign_fields
 from sobot_panel.protocol.surfaces import Surface, build_query_string
@@ -29,6 +31,7 @@ from .helpers.fake_enterprise import FakeEnterprise
 ROOT = Path(__file__).resolve().parent.parent
 ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
 POLICY = SignPolicy(sys_num=SYSNUM, secret=SECRET, wecom_secret=None, max_age_s=300)
+CATALOG = Catalog.load()
 
 # One realistic context per surface, for the sample customer C1001 where the surface carries a key.
 CONTEXTS: dict[Surface, dict[str, str]] = {
@@ -259,6 +262,50 @@ async def test_unknown_customer_gets_a_friendly_panel_naming_the_keys_tried(clie
     tried = body[body.index('data-testid="not-found"') :]
     assert "13999999999" in tried
     assert "NOBODY" not in tried  # partnerId is unsigned on the customer center: it is never looked up
+    assert CATALOG.text("not_found_next", "zh") in body and 'data-action="retry"' in body  # what to do next
+
+
+@pytest.mark.parametrize("surface", list(Surface), ids=lambda s: s.value)
+async def test_only_the_actions_sobot_carries_out(client: TestClient[Any, Any], surface: Surface) -> None:
+    """SPEC §5: cards go to the chat workbench, createOrder to the ticket center (the defaults)."""
+    body = await (await client.get(f"/embed/{surface.value}?{signed(surface)}")).text()
+    assert ("data-send=" in body) == (surface is Surface.WORKBENCH)
+    assert ("data-send-form" in body) == (surface is Surface.TICKET)
+    assert ("data-prefill=" in body) == (surface is Surface.TICKET)
+    if surface is not Surface.WORKBENCH:
+        assert CATALOG.text("cards_elsewhere", "zh", where="客服工作台") in body
+
+
+@pytest.mark.parametrize(
+    ("surface", "label", "absent"),
+    [
+        pytest.param(Surface.CALL, "来电号码", "客户电话", id="call-caller"),
+        pytest.param(Surface.CALL_TASK, "通话号码", "来电号码", id="task-number-called"),
+        pytest.param(Surface.CUSTOMER, "客户电话", "来电号码", id="customer-phone"),
+        pytest.param(Surface.TICKET, "客户电话", "来电号码", id="ticket-phone"),
+    ],
+)
+async def test_header_labels_follow_the_surface(
+    client: TestClient[Any, Any], surface: Surface, label: str, absent: str
+) -> None:
+    body = await (await client.get(f"/embed/{surface.value}?{signed(surface)}")).text()
+    assert f"<dt>{label}</dt>" in body and f"<dt>{absent}</dt>" not in body
+
+
+async def test_card_text_for_the_customer_is_in_the_customer_language(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """The V6 card's customCardStatus reaches the customer: Chinese by default, whatever the agent reads."""
+    import html as html_module
+    import json
+
+    for customer_lang, status in [("zh", "运输中"), ("en", "In transit")]:
+        client = await aiohttp_client(create_app(make_settings(card_format="v6", customer_lang=customer_lang)))
+        body = await (await client.get(f"/embed/workbench/orders?{signed(Surface.WORKBENCH)}&lang=en")).text()
+        cards = [json.loads(html_module.unescape(raw)) for raw in re.findall(r'data-card="([^"]*)"', body)]
+        statuses = {c["customCards"][0].get("customCardStatus") for c in cards if c.get("cardType") == 0}
+        assert status in statuses, statuses
+        assert "Awaiting payment" in body  # the agent's own view stays in the agent's language
 
 
 async def test_upstream_down_with_nothing_cached_is_503(
@@ -331,12 +378,16 @@ async def test_an_unchanged_customer_is_rendered_once_even_when_read_again_from_
     assert app[CORE].renderer.misses == 2  # a refreshed customer is rendered afresh
 
 
-async def test_a_mini_program_order_link_is_not_prefilled_into_a_url_field(client: TestClient[Any, Any]) -> None:
+async def test_a_mini_program_order_link_is_not_prefilled_into_a_url_field(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
     """C1003 came in through a mini program: its order links are page paths, which a url field refuses."""
     import html as html_module
     import json
     import re
 
+    # "Ticket from order" is offered where tickets are filed; here that includes the workbench.
+    client = await aiohttp_client(create_app(make_settings(ticket_surfaces="workbench ticket")))
     fields = {"partnerId": "C1003", "email": "agent@acme.cn"}
     query = build_query_string(sign_fields(Surface.WORKBENCH, fields, POLICY, now_ms()))
     body = await (await client.get(f"/embed/workbench/orders?{query}")).text()

@@ -18,14 +18,19 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 from sobot_panel.app import create_app
+from sobot_panel.appkeys import HUB
+from sobot_panel.protocol.tokens import SessionClaims, SessionTokens
 from sobot_panel.redis import EmbeddedRedis
 from sobot_panel.settings import Settings
 
 from .helpers.live import (
     boot_of,
+    connect_panel,
+    hello,
     next_frame,
     now_ms,
     open_panel,
+    open_socket,
     selected,
     wait_subscribed,
     workbench_fields,
@@ -116,20 +121,81 @@ async def test_frames_are_rate_limited(client: TestClient[Any, Any]) -> None:
     assert refused["code"] == "rate_limited" and isinstance(refused["id"], int)  # says which frame was refused
 
 
-async def test_handshake_needs_a_valid_token_and_our_origin(client: TestClient[Any, Any]) -> None:
-    for query in ("", "?token=forged.token"):
-        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-            await client.ws_connect(f"/ws{query}")
-        assert refused.value.status == 401
-    page = await (await client.get(f"/embed/workbench?{_q('C1001')}")).text()
+async def test_a_foreign_origin_is_refused_at_the_handshake(client: TestClient[Any, Any]) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as foreign:
-        await client.ws_connect(f"/ws?token={boot_of(page)['token']}", origin="https://evil.example")
+        await client.ws_connect("/ws", origin="https://evil.example")
     assert foreign.value.status == 403
+
+
+async def _closed_with(ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str]:
+    message = await ws.receive(timeout=10)
+    assert message.type is WSMsgType.CLOSE, message
+    return ws.close_code, str(message.extra or "")
+
+
+async def test_the_first_frame_must_be_a_hello_with_a_live_session(client: TestClient[Any, Any]) -> None:
+    page = await (await client.get(f"/embed/workbench?{_q('C1001')}")).text()
+    token = boot_of(page)["token"]
+    # The token in the URL (where proxies and logs keep it) is not read: the first frame decides.
+    ws = await client.ws_connect(f"/ws?token={token}")
+    await ws.send_json({"type": "ping"})
+    assert await _closed_with(ws) == (4400, "the first frame must be a hello")
+    for bad, reason in [("forged.token", "token_invalid"), (token[:-4] + "AAAA", "token_invalid")]:
+        ws = await client.ws_connect("/ws")
+        await ws.send_json(hello(bad))
+        assert await _closed_with(ws) == (4401, reason)
+    expired = SessionTokens(b"test-session-key").issue(SessionClaims(surface="workbench", expires_ms=1))
+    ws = await client.ws_connect("/ws")
+    await ws.send_json(hello(expired))
+    assert await _closed_with(ws) == (4401, "token_expired")
+    ws = await connect_panel(client, token)  # the real token in a hello: accepted
+    await ws.send_json({"type": "ping"})
+    await next_frame(ws, "pong")
+
+
+async def test_a_socket_that_never_says_hello_is_closed(
+    client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sobot_panel.live.endpoint.HELLO_TIMEOUT_S", 0.2)
+    ws = await client.ws_connect("/ws")
+    assert (await _closed_with(ws))[0] == 4408
+    assert not client.server.app[HUB].connections  # type: ignore[index]
+
+
+async def test_sockets_are_capped_per_session_not_per_address(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(ws_per_session=3)))
+    page = await (await client.get(f"/embed/workbench?{_q('C1001')}")).text()
+    token = boot_of(page)["token"]
+    first = [await connect_panel(client, token) for _ in range(2)]
+    # A push renews the token; a socket opened with the renewed token belongs to the same session.
+    await first[0].send_json(selected(workbench_fields("C1002")))
+    renewed = (await next_frame(first[0], "panel"))["token"]
+    assert renewed != token
+    third = await connect_panel(client, renewed)
+    for extra in (token, renewed):
+        ws = await client.ws_connect("/ws")
+        await ws.send_json(hello(extra))
+        assert await _closed_with(ws) == (4429, "too many sockets for this session")
+    # One closes: there is room again.
+    await third.close()
+    deadline = time.monotonic() + 5
+    while len(client.server.app[HUB].connections) > 2:  # type: ignore[index]
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    again = await connect_panel(client, renewed)
+    # Ten agents behind one address (one NAT, like a call center): ten sessions, none refused.
+    others = []
+    for number in range(10):
+        other = boot_of(await (await client.get(f"/embed/workbench?{_q(f'C100{number % 5 + 1}')}")).text())["token"]
+        others.append(await connect_panel(client, other))
+    assert len(client.server.app[HUB].connections) == 13 and not again.closed and not any(o.closed for o in others)  # type: ignore[index]
 
 
 async def test_postmessage_mode_first_context_by_message(client: TestClient[Any, Any]) -> None:
     page = await (await client.get("/embed/workbench")).text()
-    ws = await client.ws_connect(f"/ws?token={boot_of(page)['token']}")
+    ws = await connect_panel(client, boot_of(page)["token"])
     await ws.send_json(selected(workbench_fields("C1004")))
     frame = await next_frame(ws, "panel")
     assert frame["partnerId"] == "C1004" and "刘洋" in frame["html"]
@@ -140,10 +206,20 @@ async def test_resync_after_reconnect_renders_the_token_context(client: TestClie
     await ws.send_json(selected(workbench_fields("C1005")))
     token = (await next_frame(ws, "panel"))["token"]
     await ws.close()
-    again = await client.ws_connect(f"/ws?token={token}")
+    again = await connect_panel(client, token)
     await again.send_json({"type": "resync", "id": 9, "view": "orders"})
     frame = await next_frame(again, "panel")
     assert frame["id"] == 9 and frame["partnerId"] == "C1005" and "view-orders" in frame["html"]
+
+
+async def test_a_single_view_panel_stays_on_its_view_through_every_push(client: TestClient[Any, Any]) -> None:
+    """The hello names the view, so an invalidation push (which no frame of the panel asked for) keeps it."""
+    response = await client.get(f"/embed/workbench/orders?{_q('C1001')}")
+    ws = await connect_panel(client, boot_of(await response.text())["token"], view="orders")
+    await wait_subscribed(client, "C1001")
+    await client.post("/api/partners/C1001/invalidate", headers=API)
+    frame = await next_frame(ws, "panel")
+    assert "view-orders" in frame["html"] and 'role="tablist"' not in frame["html"]
 
 
 async def test_invalidation_reaches_only_panels_showing_that_customer(client: TestClient[Any, Any]) -> None:
@@ -240,7 +316,7 @@ async def _drain(port: int, process: subprocess.Popen[bytes]) -> tuple[int | Non
             await asyncio.sleep(0.05)
         async with session.get(f"{base}/embed/workbench?{_q('C1001')}") as page:
             token = boot_of(await page.text())["token"]
-        ws = await session.ws_connect(f"{base}/ws?token={token}")
+        ws = await open_socket(session, f"{base}/ws", token)
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         message = await ws.receive(timeout=10)

@@ -29,7 +29,7 @@ from sobot_panel.settings import Settings
 
 from bench.enterprise import customers
 
-from .helpers.live import POLICY, boot_of, now_ms
+from .helpers.live import POLICY, boot_of, connect_panel, now_ms
 from .helpers.net import free_port
 from .test_send import first_order_card, send, token_for
 
@@ -138,7 +138,7 @@ async def test_metrics_have_process_and_build_information_and_websockets_apart(
 ) -> None:
     client = await aiohttp_client(create_app(make_settings()))
     token = await token_for(client)
-    ws = await client.ws_connect(f"/ws?token={token}")
+    ws = await connect_panel(client, token)
     await ws.close()
     text = ""
     for _ in range(100):  # the handler finishes just after the close handshake

@@ -42,7 +42,29 @@ async def send(client: TestClient[Any, Any], token: str, kind: str, data: Any, e
 
 @pytest.fixture
 async def client(aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]) -> TestClient[Any, Any]:
-    return await aiohttp_client(create_app(make_settings()))
+    # Cards and tickets both from the workbench's token (by default tickets are the ticket center's).
+    return await aiohttp_client(create_app(make_settings(ticket_surfaces="workbench ticket")))
+
+
+@pytest.mark.parametrize(
+    ("settings", "kind"),
+    [
+        pytest.param({}, "ticket", id="ticket-from-the-workbench"),
+        pytest.param({"card_surfaces": "call"}, "order_card", id="card-where-cards-are-off"),
+    ],
+)
+async def test_a_send_the_surface_does_not_offer_is_refused_and_not_recorded(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], settings: dict[str, str], kind: str
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(**settings)))
+    data = {"card_title": "t"} if kind == "ticket" else first_order_card()
+    status, body = await send(client, await token_for(client), kind, data)
+    assert status == 403 and body["code"] == "action_not_offered" and kind in body["message"]
+    from sobot_panel.appkeys import KEYS, REDIS
+
+    app = client.server.app
+    assert app is not None
+    assert await app[REDIS].xlen(app[KEYS].audit_stream) == 0
 
 
 async def test_a_valid_order_card_is_recorded_and_answered_with_the_exact_message(

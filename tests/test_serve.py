@@ -18,7 +18,7 @@ from sobot_panel.protocol.surfaces import build_query_string
 from sobot_panel.redis import EmbeddedRedis
 
 from .conftest import SECRET, SYSNUM
-from .helpers.live import boot_of, workbench_fields
+from .helpers.live import boot_of, open_socket, workbench_fields
 
 
 def _free_port() -> int:
@@ -89,7 +89,7 @@ async def _exercise(port: int, supervisor: subprocess.Popen[bytes]) -> tuple[set
                 url = f"{base}/embed/workbench?{build_query_string(workbench_fields('C1001'))}"
                 async with page_session.get(url) as page:
                     token = boot_of(await page.text())["token"]
-            sockets.append(await session.ws_connect(f"{base}/ws?token={token}"))
+            sockets.append(await open_socket(session, f"{base}/ws", token))
         signalled = time.monotonic()
         supervisor.send_signal(signal.SIGTERM)
         codes: list[int | None] = []

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from sobot_panel.protocol.surfaces import Surface
 from sobot_panel.settings import DEMO_SECRET, DEMO_SYSNUM, Settings, describe_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,32 @@ def test_contract_defaults() -> None:
     assert settings.redis_prefix == "panel:"
     assert settings.demo is False
     assert settings.secret is None
+    assert settings.card_surface_set == {Surface.WORKBENCH}
+    assert settings.ticket_surface_set == {Surface.TICKET}
+    assert settings.customer_lang == "zh"
+    assert settings.ws_per_session == 4
+
+
+def test_action_surfaces_and_customer_language() -> None:
+    settings = Settings(_env_file=None, sysnum="1", card_surfaces="workbench,wecom", ticket_surfaces="ticket call",
+                        customer_lang="en")  # type: ignore[call-arg]  # fmt: skip
+    assert settings.card_surface_set == {Surface.WORKBENCH, Surface.WECOM}
+    assert settings.ticket_surface_set == {Surface.TICKET, Surface.CALL}
+    assert settings.customer_lang == "en"
+    nowhere = Settings(_env_file=None, sysnum="1", card_surfaces="none")  # type: ignore[call-arg]
+    assert nowhere.card_surface_set == frozenset()
+
+
+def test_the_demo_keeps_its_session_key_across_restarts(tmp_path: Path) -> None:
+    first = Settings(_env_file=None, demo=True, data_dir=tmp_path)  # type: ignore[call-arg]
+    again = Settings(_env_file=None, demo=True, data_dir=tmp_path)  # type: ignore[call-arg]
+    assert first.session_key is not None and again.session_key is not None
+    assert first.session_key.get_secret_value() == again.session_key.get_secret_value()
+    assert first.demo_key_path == tmp_path / "session.key" and not first.session_key_generated
+    assert (tmp_path / "session.key").stat().st_mode & 0o077 == 0  # readable by its owner only
+    # Outside the demo nothing is written: production sets PANEL_SESSION_KEY on every replica.
+    production = Settings(_env_file=None, sysnum="1", data_dir=tmp_path / "prod")  # type: ignore[call-arg]
+    assert production.session_key_generated and not (tmp_path / "prod").exists()
 
 
 def test_environment_and_dotenv_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,6 +82,10 @@ def test_environment_and_dotenv_are_read(tmp_path: Path, monkeypatch: pytest.Mon
         pytest.param({"card_format": "v7"}, "PANEL_CARD_FORMAT", id="card-format"),
         pytest.param({"directory_url": "ftp://x"}, "PANEL_DIRECTORY_URL", id="directory-scheme"),
         pytest.param({"ticket_fields": "/nonexistent.json"}, "PANEL_TICKET_FIELDS", id="ticket-fields-missing"),
+        pytest.param({"card_surfaces": "chat"}, "PANEL_CARD_SURFACES", id="card-surface-unknown"),
+        pytest.param({"ticket_surfaces": " "}, "PANEL_TICKET_SURFACES", id="ticket-surfaces-empty"),
+        pytest.param({"customer_lang": "fr"}, "PANEL_CUSTOMER_LANG", id="customer-lang"),
+        pytest.param({"ws_per_session": 0}, "PANEL_WS_PER_SESSION", id="ws-per-session"),
     ],
 )
 def test_bad_value_names_the_variable(overrides: dict[str, object], variable: str) -> None:

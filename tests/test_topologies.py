@@ -38,7 +38,7 @@ from sobot_panel.settings import Settings, describe_error
 
 from .conftest import SECRET, SYSNUM
 from .helpers import redis_topologies
-from .helpers.live import AGENT, boot_of, next_frame, workbench_fields
+from .helpers.live import AGENT, boot_of, connect_panel, next_frame, workbench_fields
 from .helpers.redis_topologies import RedisClusterSet, SentinelSet, TlsRedis
 
 # The session-wide servers (each starts on first use).
@@ -115,7 +115,7 @@ async def open_panel(client: TestClient[Any, Any], partner_id: str) -> ClientWeb
     response = await client.get(f"/embed/workbench?{build_query_string(workbench_fields(partner_id))}")
     page = await response.text()
     assert response.status == 200, page
-    ws = await client.ws_connect(f"/ws?token={boot_of(page)['token']}")
+    ws = await connect_panel(client, boot_of(page)["token"])
     app = client.server.app
     assert app is not None
     channel = app[KEYS].partner_channel(partner_id)

@@ -20,7 +20,7 @@ from sobot_panel.protocol.trust import disagreements, matches, select_customer
 from sobot_panel.settings import Settings
 
 from .conftest import SECRET, SYSNUM
-from .helpers.live import boot_of, next_frame
+from .helpers.live import boot_of, connect_panel, next_frame
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
 POLICY = SignPolicy(sys_num=SYSNUM, secret=SECRET, wecom_secret=None, max_age_s=300)
@@ -149,7 +149,7 @@ async def test_a_sign_without_a_customer_key_opens_no_customer(
 
 async def test_a_relayed_selection_follows_the_same_rule(client: TestClient[Any, Any]) -> None:
     first = await page(client, url(Surface.WORKBENCH, {"partnerId": "C1001", "uid": "u-1", "cid": "c-1"}))
-    ws = await client.ws_connect(f"/ws?token={boot_of(first)['token']}")
+    ws = await connect_panel(client, boot_of(first)["token"])
     try:
         anonymous = sign_fields(Surface.WORKBENCH, {"partnerId": "", "email": AGENT, "cid": "c-2"}, POLICY, now_ms())
         await ws.send_json({"type": "selected", "id": 7, "query": anonymous, "uid": "u-2", "partnerId": "C1002"})
@@ -226,7 +226,7 @@ async def test_a_rotated_session_key_keeps_open_panels(
     aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
 ) -> None:
     before = await aiohttp_client(create_app(make_settings(session_key="key-one")))
-    token = boot_of(await page(before, url(Surface.WORKBENCH, {"partnerId": "C1001"})))["token"]
+    token = boot_of(await page(before, url(Surface.TICKET, {"uphone": "13800000001"})))["token"]
     after = await aiohttp_client(create_app(make_settings(session_key="key-two", session_key_previous="key-one")))
     data = {"card_title": "退款", "card_url": "https://shop.example.cn/o/1"}
     send = {"token": token, "kind": "ticket", "id": "evt-rotation-1", "data": data}

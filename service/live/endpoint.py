@@ -1,13 +1,14 @@
 """`GET /ws`: the panel's websocket. Each incoming frame is typed once (`frames.parse_frame`) and handled
 by the one handler registered for its type.
 
-A panel opens `/ws?token=…` with the session token its page carried. A relayed `query` is verified with
-exactly the rules of a page load; a failing one gets an error frame and the panel keeps the customer it
-had.
+A panel opens `/ws` and presents the session token its page carried in its first frame, a hello (never
+in the URL; the close codes are listed in `frames`). A relayed `query` is verified with exactly the
+rules of a page load; a failing one gets an error frame and the panel keeps the customer it had.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,10 +17,25 @@ from aiohttp import WSMsgType, web
 
 from ..appkeys import CORE, HUB, SETTINGS
 from ..errors import Code, PanelError, TokenError
-from ..i18n import pick_lang
+from ..i18n import Lang, pick_lang
 from ..protocol.security import origin_allowed
 from ..protocol.surfaces import Surface, View
-from .frames import IncomingFrame, PingFrame, ResyncFrame, SelectedFrame, frame_id, parse_frame, selected_fields
+from ..protocol.tokens import SessionClaims
+from .frames import (
+    CLOSE_HELLO_EXPECTED,
+    CLOSE_HELLO_TIMEOUT,
+    CLOSE_SESSION_ENDED,
+    CLOSE_TOO_MANY_SOCKETS,
+    HELLO_TIMEOUT_S,
+    IncomingFrame,
+    PingFrame,
+    ResyncFrame,
+    SelectedFrame,
+    frame_id,
+    parse_frame,
+    parse_hello,
+    selected_fields,
+)
 from .hub import Connection, LiveHub
 
 MAX_FRAME_BYTES = 16 * 1024
@@ -47,17 +63,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise web.HTTPServiceUnavailable(text="shutting down", headers={"Retry-After": "1"})
     if not _origin_ok(request):
         raise web.HTTPForbidden(text="origin not allowed")
-    try:
-        claims = app[CORE].session(request.query.get("token", ""))
-        surface = Surface(claims.surface)
-    except (TokenError, ValueError):
-        raise web.HTTPUnauthorized(text="invalid or expired token") from None
     lang = pick_lang(request.query.get("lang"), request.headers.get("Accept-Language"))
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES * 4)
     await ws.prepare(request)
-    conn = Connection(ws=ws, surface=surface, lang=lang, claims=claims, partner_id=claims.partner_id)
-    hub.add(conn)
+    conn = await _greet(app, hub, ws, lang)
+    if conn is None:
+        return ws
     try:
+        await conn.send({"type": "ready"})
         async for message in ws:
             if message.type is WSMsgType.TEXT:
                 await handle_text(app, hub, conn, message.data)
@@ -66,6 +79,43 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         hub.remove(conn)
     return ws
+
+
+async def _greet(app: web.Application, hub: LiveHub, ws: web.WebSocketResponse, lang: Lang) -> Connection | None:
+    """The connection the first frame (a hello with a live session token) opens, else the socket closed
+    with a code that says why."""
+    try:
+        message = await ws.receive(timeout=HELLO_TIMEOUT_S)
+    except TimeoutError:
+        await ws.close(code=CLOSE_HELLO_TIMEOUT, message=b"hello expected within 5 s")
+        return None
+    if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+        return None
+    text = message.data if message.type is WSMsgType.TEXT else ""
+    hello = parse_hello(text) if 0 < len(text) <= MAX_FRAME_BYTES else None
+    if hello is None:
+        await ws.close(code=CLOSE_HELLO_EXPECTED, message=b"the first frame must be a hello")
+        return None
+    try:
+        claims = app[CORE].session(hello.token)
+        surface = Surface(claims.surface)
+    except TokenError as error:
+        await ws.close(code=CLOSE_SESSION_ENDED, message=error.code.encode())
+        return None
+    except ValueError:
+        await ws.close(code=CLOSE_SESSION_ENDED, message=Code.TOKEN_INVALID.value.encode())
+        return None
+    conn = Connection(ws=ws, surface=surface, lang=lang, claims=claims, view=_view(hello.view),
+                      partner_id=claims.partner_id, session=session_key(claims, hello.token))  # fmt: skip
+    if not hub.add(conn, max_per_session=app[SETTINGS].ws_per_session):
+        await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this session")
+        return None
+    return conn
+
+
+def session_key(claims: SessionClaims, token: str) -> str:
+    """What the per-session cap counts: the session a token continues (a token without one counts alone)."""
+    return claims.session_id or "token:" + hashlib.sha256(token.encode()).hexdigest()[:24]
 
 
 async def handle_text(app: web.Application, hub: LiveHub, conn: Connection, data: str) -> None:

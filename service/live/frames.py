@@ -1,9 +1,20 @@
 """The websocket frames of the panel's own protocol, typed once.
 
-Frames from the panel, discriminated by `type`:
+Opening: the panel opens `GET /ws` (only `lang` in the URL: the session token never travels in a URL,
+where proxies and logs would keep it) and its first frame is
+`{"type": "hello", "token", "view"}`. The server answers `{"type": "ready"}` once the session is
+accepted, or closes the socket with one of these codes (the reason names the problem):
+
+- 4400: the first frame was not a hello (panel.js reconnects with backoff);
+- 4401: the session token is invalid or expired, the reason says `token_invalid` or `token_expired`
+  (the session is over: panel.js reloads its signed URL while the sign is valid, else says so);
+- 4408: no hello within `HELLO_TIMEOUT_S` seconds (panel.js reconnects with backoff);
+- 4429: this session already has `PANEL_WS_PER_SESSION` sockets open on this replica (reconnects later).
+
+Frames from the panel after the hello, discriminated by `type`:
 `{"type": "selected", "id", "view", "query", "params", "partnerId", "uid"}` (Sobot's SPEC §4 message,
 relayed), `{"type": "resync", "id", "view"}` (after a reconnect) and `{"type": "ping"}`.
-Frames to the panel: `{"type": "panel", "id", "html", "token", "partnerId"}`,
+Frames to the panel: `{"type": "ready"}`, `{"type": "panel", "id", "html", "token", "partnerId"}`,
 `{"type": "error", "id", "code", "field", "message"}` and `{"type": "pong", "token"?}`.
 
 `id` is the frame's own id (`frame_id`), echoed in the answer so the panel knows which relay it answers;
@@ -22,9 +33,24 @@ from ..errors import Code, PanelError
 FrameId = int | str | None
 QueryValue = str | int | float | bool | None
 
+HELLO_TIMEOUT_S = 5.0
+CLOSE_HELLO_EXPECTED = 4400
+CLOSE_SESSION_ENDED = 4401
+CLOSE_HELLO_TIMEOUT = 4408
+CLOSE_TOO_MANY_SOCKETS = 4429
+MAX_TOKEN_LENGTH = 8 * 1024
+
 
 class _Frame(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class HelloFrame(_Frame):
+    """The first frame of every socket: the session token (never in the URL) and the view shown."""
+
+    type: Literal["hello"]
+    token: str = Field(max_length=MAX_TOKEN_LENGTH)
+    view: str | None = None
 
 
 class SelectedFrame(_Frame):
@@ -50,6 +76,15 @@ class PingFrame(_Frame):
 
 IncomingFrame = Annotated[SelectedFrame | ResyncFrame | PingFrame, Field(discriminator="type")]
 _INCOMING: TypeAdapter[IncomingFrame] = TypeAdapter(IncomingFrame)
+_HELLO: TypeAdapter[HelloFrame] = TypeAdapter(HelloFrame)
+
+
+def parse_hello(data: str) -> HelloFrame | None:
+    """The hello in this text, or None when it is anything else."""
+    try:
+        return _HELLO.validate_json(data)
+    except ValidationError:
+        return None
 
 
 def parse_frame(data: str) -> IncomingFrame:

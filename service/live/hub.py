@@ -1,9 +1,11 @@
 """The live hub: this replica's open panels, indexed by the customer they show, and the Redis pub/sub
 fan-out that refreshes them.
 
-Each replica subscribes to a customer's channel while it has sockets showing that customer, so an
-invalidation reaches only the replicas that need it. Pub/sub is at most once: refreshes published while
-a replica's subscription is down are lost, so after every reconnect the hub resynchronises its panels.
+Each replica listens on a customer's channel while it has sockets showing that customer, so an
+invalidation reaches only the replicas that need it: one listener per indexed socket, and the pub/sub
+reader (`sobot_panel.redis.pubsub`) subscribes on the first and unsubscribes on the last. Pub/sub is at
+most once: refreshes published while the reader is away are lost, so after every reconnect the hub
+resynchronises its panels (a push identical to what a panel shows changes nothing there).
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, web
 
 from ..errors import PanelError
@@ -25,12 +27,11 @@ from ..panel.core import PanelCore
 from ..protocol.security import TokenBucket
 from ..protocol.surfaces import Surface, SurfaceContext, View
 from ..protocol.tokens import SessionClaims
-from ..redis import REDIS_DOWN, Keys, RedisClient, as_text, pubsub_for
+from ..redis import Keys, RedisClient
+from ..redis.pubsub import PubSubReader
 from .frames import FrameId, compact
 
 log = logging.getLogger(__name__)
-
-RESUBSCRIBE_BACKOFF_MAX_S = 1.0  # Redis back -> panels resynchronised within about a second
 
 
 @dataclass(eq=False, slots=True)
@@ -40,7 +41,9 @@ class Connection:
     lang: Lang
     claims: SessionClaims
     view: View | None = None
-    partner_id: str = ""
+    partner_id: str = ""  # the customer shown
+    session: str = ""  # the session this socket belongs to (the per-session cap counts these)
+    watching: str = ""  # the customer this connection is indexed (and listens) under; the hub's business
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(rate=5.0, burst=20.0))
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -52,58 +55,68 @@ class Connection:
 
 
 class LiveHub:
-    """Open panels of this replica, indexed by the customer they show, and the pub/sub listener."""
+    """Open panels of this replica, indexed by the customer they show; refreshed through one pub/sub reader."""
 
     def __init__(self, *, redis: RedisClient, keys: Keys, core: PanelCore, catalog: Catalog, metrics: Metrics) -> None:
-        self._redis = redis
         self._keys = keys
         self._core = core
         self._catalog = catalog
         self._metrics = metrics
         self.by_partner: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
+        self.per_session: Counter[str] = Counter()
         self.closing = False
-        self.stopping = False
-        self._wanted: set[str] = set()
-        self._subscribed: set[str] = set()
-        self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.resubscribed = asyncio.Event()  # set each time the listener (re)subscribes; tests wait on it
+        self._partner_prefix = keys.partner_channel("")
+        # Subscribed to a customer's channel while at least one socket here shows that customer.
+        self.subscriber = PubSubReader(
+            redis,
+            name="live hub",
+            fixed=[keys.invalidations_channel],
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+        )
 
     # registry ------------------------------------------------------------------------------
 
-    def add(self, conn: Connection) -> None:
+    def add(self, conn: Connection, *, max_per_session: int = 0) -> bool:
+        """Register an open panel; False (and nothing registered) when its session already has
+        `max_per_session` sockets here (0: no cap)."""
+        if max_per_session and self.per_session[conn.session] >= max_per_session:
+            return False
         self.connections.add(conn)
+        self.per_session[conn.session] += 1
         self._metrics.websockets.inc()
-        self._show(conn, conn.partner_id)
+        self._watch(conn, conn.partner_id)
+        return True
 
     def remove(self, conn: Connection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
+            self.per_session[conn.session] -= 1
+            if self.per_session[conn.session] <= 0:
+                del self.per_session[conn.session]
             self._metrics.websockets.dec()
-        self._show(conn, "")
+        self._watch(conn, "")
 
-    def _show(self, conn: Connection, partner_id: str) -> None:
-        old = conn.partner_id
-        if old and old in self.by_partner:
-            watchers = self.by_partner[old]
-            watchers.discard(conn)
-            if not watchers:
-                del self.by_partner[old]
-                self._want(self._keys.partner_channel(old), False)
+    def _watch(self, conn: Connection, partner_id: str) -> None:
+        """Index the connection under the customer it shows; one pub/sub listener per indexed connection."""
         conn.partner_id = partner_id
-        if partner_id and conn in self.connections:
-            watchers = self.by_partner.setdefault(partner_id, set())
-            if not watchers:
-                self._want(self._keys.partner_channel(partner_id), True)
-            watchers.add(conn)
-
-    def _want(self, channel: str, wanted: bool) -> None:
-        if wanted:
-            self._wanted.add(channel)
-        else:
-            self._wanted.discard(channel)
-        self._changed.set()
+        if partner_id and conn not in self.connections:
+            partner_id = ""  # a closed socket is never indexed again (a push may finish after it closed)
+        if conn.watching == partner_id:
+            return
+        if conn.watching:
+            watchers = self.by_partner.get(conn.watching)
+            if watchers is not None:
+                watchers.discard(conn)
+                if not watchers:
+                    del self.by_partner[conn.watching]
+            self.subscriber.unlisten(self._keys.partner_channel(conn.watching))
+        conn.watching = partner_id
+        if partner_id:
+            self.by_partner.setdefault(partner_id, set()).add(conn)
+            self.subscriber.listen(self._keys.partner_channel(partner_id))
 
     # pushing -------------------------------------------------------------------------------
 
@@ -119,9 +132,9 @@ class LiveHub:
             conn.surface, context, conn.lang, conn.view, session=conn.claims, signed_now=signed_now
         )
         conn.claims = panel.claims
-        self._show(conn, panel.claims.partner_id)
+        self._watch(conn, panel.claims.partner_id)
         await conn.send({"type": "panel", "id": frame_id, "html": panel.html, "token": panel.token,
-                         "partnerId": panel.claims.partner_id})  # fmt: skip
+                         "partnerId": panel.claims.partner_id, "signedAt": context.signed_at_ms})  # fmt: skip
 
     async def send_error(self, conn: Connection, error: PanelError, frame_id: FrameId) -> None:
         message = self._catalog.error_text(error, conn.lang)
@@ -148,72 +161,23 @@ class LiveHub:
     # pub/sub -------------------------------------------------------------------------------
 
     async def listen(self) -> None:
-        """Subscribe to the invalidations channel and the wanted partner channels; survive Redis restarts.
+        """Run the pub/sub reader until `stop()`: it survives Redis restarts (see `PubSubReader`)."""
+        await self.subscriber.run()
 
-        redis-py's PubSub neither reconnects nor raises reliably after its connection drops, so every
-        failure throws the PubSub away, waits with backoff, subscribes afresh and resyncs the panels
-        (events published while we were away are lost; a resync catches up).
-        """
-        delay = 0.1
-        first = True
-        while not self.stopping:
-            pubsub = pubsub_for(self._redis)
-            try:
-                await pubsub.subscribe(self._keys.invalidations_channel)
-                self._subscribed = set()
-                await self._sync_subscriptions(pubsub)
-                if not first:
-                    log.warning("pub/sub reconnected; resynchronising %d panels", len(self.connections))
-                    await self.refresh_all()
-                first = False
-                delay = 0.1
-                self.resubscribed.set()
-                await self._pump(pubsub)
-            except asyncio.CancelledError:
-                raise
-            except REDIS_DOWN as error:
-                self.resubscribed.clear()
-                log.warning("pub/sub connection lost (%s); reconnecting in %.1fs", type(error).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RESUBSCRIBE_BACKOFF_MAX_S)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    def stop(self) -> None:
+        self.subscriber.stop()
 
-    async def _sync_subscriptions(self, pubsub: aioredis.client.PubSub) -> None:
-        self._changed.clear()
-        add = self._wanted - self._subscribed
-        drop = self._subscribed - self._wanted
-        if add:
-            await pubsub.subscribe(*add)
-        if drop:
-            await pubsub.unsubscribe(*drop)
-        self._subscribed = set(self._wanted)
+    def _on_message(self, channel: str, data: str) -> None:
+        if channel == self._keys.invalidations_channel:
+            self._core.cache.drop_local(data)
+        elif channel.startswith(self._partner_prefix):
+            self._spawn(self.refresh_partner(channel[len(self._partner_prefix) :]))
 
-    async def _pump(self, pubsub: aioredis.client.PubSub) -> None:
-        keys = self._keys
-        prefix = keys.partner_channel("")
-        idle = 0.0
-        # redis-py's get_message(timeout=) can swallow a cancellation, so the loop also checks a flag.
-        while not self.stopping:
-            if self._changed.is_set():
-                await self._sync_subscriptions(pubsub)
-            message = await pubsub.get_message(timeout=0.05)
-            if message is None:
-                idle += 0.05
-                if idle >= 5.0:
-                    await pubsub.ping()  # a dead connection shows itself here, not by silence
-                    idle = 0.0
-                continue
-            idle = 0.0
-            if message.get("type") != "message":
-                continue
-            channel = as_text(message["channel"])
-            data = as_text(message["data"])
-            if channel == keys.invalidations_channel:
-                self._core.cache.drop_local(data)
-            elif channel.startswith(prefix):
-                self._spawn(self.refresh_partner(channel[len(prefix) :]))
+    async def _on_connect(self, reconnected: bool) -> None:
+        """After a reconnect every panel is re-rendered: a refresh published while we were away is lost."""
+        if reconnected:
+            log.info("resynchronising %d panels after the pub/sub reconnect", len(self.connections))
+            self._spawn(self.refresh_all())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

@@ -15,11 +15,10 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from ..audit.reader import AuditReader, Entry
 from ..redis import REDIS_DOWN, RedisClient
 from ..redis.keys import Keys
+from ..redis.pubsub import PubSubReader
 from .counters import (
     bucket_fields,
     entry_minute,
@@ -160,10 +159,16 @@ class OpsFeed:
         self._keys = keys
         self.clients: set[asyncio.Queue[Frame | None]] = set()
         self.closing = False
-        self._stopping = False
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._newest = (-1, -1)
-        self.subscribed = asyncio.Event()  # set while the listener is subscribed; tests wait on it
+        self.reader = PubSubReader(
+            redis, name="ops feed", fixed=[feed_channel(keys)], on_message=self._on_message, on_connect=self._catch_up
+        )
+
+    @property
+    def subscribed(self) -> asyncio.Event:
+        """Set while the listener is subscribed; tests wait on it."""
+        return self.reader.connected
 
     def join(self) -> asyncio.Queue[Frame | None]:
         queue: asyncio.Queue[Frame | None] = asyncio.Queue(CLIENT_QUEUE)
@@ -195,54 +200,25 @@ class OpsFeed:
         self.deliver(None)
 
     def stop(self) -> None:
-        self._stopping = True
+        self.reader.stop()
 
     async def listen(self) -> None:
-        """Subscribe and fan out; after a lost connection, subscribe afresh with backoff (redis-py #2089)."""
-        delay, first = 0.1, True
-        while not self._stopping:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(feed_channel(self._keys))
-                await self._catch_up(first)
-                self.subscribed.set()
-                delay, first = 0.1, False
-                await self._pump(pubsub)
-            except REDIS_DOWN as error:
-                self.subscribed.clear()
-                log.warning("ops feed: pub/sub lost (%s); reconnecting in %.1fs", type(error).__name__, delay)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            if not self._stopping and not self.subscribed.is_set():
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """Subscribe and fan out until stopped; the reader reconnects after a lost connection."""
+        await self.reader.run()
 
-    async def _catch_up(self, first: bool) -> None:
+    def _on_message(self, channel: str, data: str) -> None:
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            self.deliver(sse_frame(str(json.loads(data)["entryId"]), data))
+
+    async def _catch_up(self, reconnected: bool) -> None:
         stream = self._keys.audit_stream
-        if first:  # nothing missed yet: start from the newest entry there is
+        if not reconnected:  # nothing missed yet: start from the newest entry there is
             newest = await self._redis.xrevrange(stream, count=1) or []
             self._newest = max(self._newest, id_order(str(newest[0][0])) if newest else (0, 0))
             return
         start = "{}-{}".format(*self._newest) if self._newest >= (0, 0) else "0-0"
         for frame in frames_of(await self._redis.xrange(stream, min=f"({start}", count=BACKFILL_MAX)):
             self.deliver(frame)
-
-    async def _pump(self, pubsub: aioredis.client.PubSub) -> None:
-        idle = 0.0
-        while not self._stopping:
-            message = await pubsub.get_message(timeout=0.25)
-            if message is None:
-                idle += 0.25
-                if idle >= 5.0:
-                    await pubsub.ping()  # a dead connection shows itself here, not by silence
-                    idle = 0.0
-                continue
-            idle = 0.0
-            if message.get("type") == "message":
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    data = str(message["data"])
-                    self.deliver(sse_frame(str(json.loads(data)["entryId"]), data))
 
 
 # --- access -----------------------------------------------------------------------------------------

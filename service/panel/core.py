@@ -141,7 +141,7 @@ class PanelCore:
         `signed_now`: the context's sign was verified just now (a page load, a relayed `selected`), so the
         session's absolute lifetime starts again; a resync of the context a token already holds keeps it."""
         found = await self.lookup(surface, context) if context is not None else None
-        parts = self._fragment(context, found, lang, view) if context is not None and found is not None else []
+        parts = self._fragment(surface, context, found, lang, view) if context is not None and found is not None else []
         claims = self._claims(surface, context, found.customer if found else None, session, signed_now)
         return Panel(surface, context, found, parts, self.tokens.issue(claims), claims)
 
@@ -163,13 +163,16 @@ class PanelCore:
             self._metrics.unsigned_disagreements.labels(surface.value, field).inc()
         return Lookup(selection, result, verified=selection.secret and matches(selection.signed, held))
 
-    def _fragment(self, context: SurfaceContext, found: Lookup, lang: Lang, view: View | None) -> list[bytes]:
+    def _fragment(
+        self, surface: Surface, context: SurfaceContext, found: Lookup, lang: Lang, view: View | None
+    ) -> list[bytes]:
         result = found.result
         return self.renderer.fragment_parts(
             found.customer,
             context,
             lang,
             view,
+            surface=surface,
             stale=bool(result and result.stale),
             tried=result.tried if result else [],
             verified=found.verified,
@@ -212,6 +215,10 @@ class PanelCore:
             "lang": lang,
             **self._boot,
             "partnerId": panel.customer.partnerId if panel.customer else "",
+            # When the page's sign was made and the server's clock now: panel.js knows whether reloading
+            # its own signed URL would still verify when its session ends.
+            "signedAt": panel.context.signed_at_ms if panel.context else None,
+            "now": now_ms(),
         }
         return self.renderer.page(lang, panel.surface, boot, panel.parts if panel.context is not None else None)
 

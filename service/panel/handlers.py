@@ -16,7 +16,7 @@ from ..appkeys import AUDIT, CACHE, CATALOG, CORE, METRICS, REQUEST_ID, SETTINGS
 from ..audit.producer import AuditRecord, IdempotencyConflict
 from ..audit.spool import SpoolError
 from ..clock import now_ms
-from ..errors import Code, Conflict, PanelError, PayloadError, TokenError, TooLarge, Unavailable
+from ..errors import Code, Conflict, NotOffered, PanelError, PayloadError, TokenError, TooLarge, Unavailable
 from ..protocol import jsonlimits
 from ..protocol.cards import build_message
 from ..protocol.send import parse_send
@@ -72,6 +72,12 @@ async def send(request: web.Request) -> web.Response:
     claims = app[CORE].session(str(body.get("token", "")) if isinstance(body, dict) else "")
     sent = parse_send(body)
     kind = sent.kind
+    # Only what the surface offers (SPEC §5: Sobot acts on cards in a chat, on createOrder in the ticket
+    # center): a page that shows no such button cannot record such a send either.
+    offered = settings.ticket_surface_set if kind == "ticket" else settings.card_surface_set
+    if claims.surface not in {surface.value for surface in offered}:
+        metrics.sends.labels(kind, "not_offered").inc()
+        raise NotOffered(Code.ACTION_NOT_OFFERED, kind=kind)
     try:
         message = build_message(
             kind,

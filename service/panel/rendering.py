@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
@@ -45,10 +46,31 @@ PARAMS_MARK = "<!--panel:params-->"
 # What panel.js itself says (everything else arrives already translated from the server). Sending
 # only these keeps the page small: the whole catalog was half of a panel's bytes.
 SCRIPT_MESSAGES = ("sending", "sent", "sent_again", "audit_spooled", "ticket_sent", "parent_not_allowed",
-                   "network_error", "reconnecting", "internal_error", "payload_invalid")  # fmt: skip
+                   "network_error", "reconnecting", "internal_error", "payload_invalid", "switching",
+                   "switching_to", "switch_failed", "retry", "offline", "session_ended", "reload",
+                   "switched_not_sent", "ticket_filed_locked")  # fmt: skip
+# A header label that reads differently on some surfaces: `uphone` is the caller in the call center,
+# the number called in a call task, and simply the customer's phone elsewhere (SPEC §2).
+SURFACE_LABELS = {
+    (Surface.CALL, "uphone"): "ctx_uphone_call",
+    (Surface.CALL_TASK, "uphone"): "ctx_uphone_task",
+}
+LONG_IDS = frozenset({"callId", "cid", "corpId", "serviceId"})
+GOODS_SHOWN = 2  # goods listed per order before the rest fold away behind "+N"
 _BOOT_MARK = "\x00boot\x00"
 _BODY_MARK = "<!--\x00body\x00-->"
 VIEWS = [v.value for v in View]
+
+
+@dataclass(frozen=True, slots=True)
+class Actions:
+    """What a surface's panel offers (PANEL_CARD_SURFACES, PANEL_TICKET_SURFACES)."""
+
+    cards: bool
+    tickets: bool
+
+
+ViewsKey = tuple[int, Lang, str | None, Actions]
 
 
 def yuan(fen: int | str) -> str:
@@ -94,6 +116,9 @@ class Renderer:
         *,
         base_url: str,
         card_format: str,
+        card_surfaces: frozenset[Surface] = frozenset({Surface.WORKBENCH}),
+        ticket_surfaces: frozenset[Surface] = frozenset({Surface.TICKET}),
+        customer_lang: Lang = "zh",
         cache_size: int = 4096,
     ) -> None:
         self._jinja = jinja
@@ -102,16 +127,21 @@ class Renderer:
         self._field_types = {field.id: field.type for field in ticket_fields}
         self._base_url = base_url
         self._v6 = card_format == "v6"
+        self._card_surfaces = card_surfaces
+        self._ticket_surfaces = ticket_surfaces
+        self._customer_lang: Lang = customer_lang
         self._cache_size = cache_size
-        self._views: OrderedDict[tuple[int, Lang, str | None], tuple[Customer, str, tuple[bytes, bytes]]] = (
-            OrderedDict()
-        )
+        self._views: OrderedDict[ViewsKey, tuple[Customer, str, tuple[bytes, bytes]]] = OrderedDict()
         self._messages = {
             lang: script_json({code: catalog.text(code, lang) for code in SCRIPT_MESSAGES}) for lang in ("zh", "en")
         }
         self._shells: dict[tuple[Lang, str, str, bool], tuple[bytes, bytes, bytes]] = {}
         self.hits = 0
         self.misses = 0
+
+    def actions(self, surface: Surface) -> Actions:
+        """What the panel offers on this surface: card sends, the ticket form, both or neither."""
+        return Actions(cards=surface in self._card_surfaces, tickets=surface in self._ticket_surfaces)
 
     def t(self, lang: Lang) -> Any:
         catalog = self._catalog
@@ -126,12 +156,15 @@ class Renderer:
 
     # the customer's views, cached ----------------------------------------------------------
 
-    def customer_views(self, customer: Customer, lang: Lang, view: View | None) -> str:
-        return self._customer_views(customer, lang, view)[0]
+    def customer_views(self, customer: Customer, lang: Lang, view: View | None, surface: Surface) -> str:
+        return self._customer_views(customer, lang, view, surface)[0]
 
-    def _customer_views(self, customer: Customer, lang: Lang, view: View | None) -> tuple[str, tuple[bytes, bytes]]:
+    def _customer_views(
+        self, customer: Customer, lang: Lang, view: View | None, surface: Surface
+    ) -> tuple[str, tuple[bytes, bytes]]:
         """The views as text, and as UTF-8 bytes split at the params marker (pages are assembled as bytes)."""
-        key = (id(customer), lang, view.value if view else None)
+        actions = self.actions(surface)
+        key = (id(customer), lang, view.value if view else None, actions)
         cached = self._views.get(key)
         # Holding the customer in the entry keeps its id from being reused while the entry lives.
         if cached is not None and cached[0] is customer:
@@ -139,7 +172,7 @@ class Renderer:
             self.hits += 1
             return cached[1], cached[2]
         self.misses += 1
-        html = self._jinja.get_template("_views.html").render(self._views_context(customer, lang, view))
+        html = self._jinja.get_template("_views.html").render(self._views_context(customer, lang, view, actions))
         before, _, after = html.partition(PARAMS_MARK)
         parts = (before.encode(), after.encode())
         self._views[key] = (customer, html, parts)
@@ -147,20 +180,30 @@ class Renderer:
             self._views.popitem(last=False)
         return html, parts
 
-    def _views_context(self, customer: Customer, lang: Lang, view: View | None) -> dict[str, Any]:
+    def _where(self, surfaces: frozenset[Surface], lang: Lang) -> str:
+        """Where an action lives, in words: "客服工作台", "工单中心、呼叫中心"."""
+        names = [self._catalog.text(f"surface_name_{s.value}", lang) for s in Surface if s in surfaces]
+        return ("、" if lang == "zh" else ", ").join(dict.fromkeys(names))
+
+    def _views_context(self, customer: Customer, lang: Lang, view: View | None, actions: Actions) -> dict[str, Any]:
         t = self.t(lang)
         base_url = self._base_url
-        status_texts = {status: t(f"order_status_{status}") for status in range(8)}
+        # Card text reaches the customer, so it is in the customer's language; the ticket form's prefill
+        # is read by agents, in theirs.
+        agent_status = {status: t(f"order_status_{status}") for status in range(8)}
+        customer_status = {status: self._catalog.text(f"order_status_{status}", self._customer_lang)
+                           for status in range(8)}  # fmt: skip
         orders = []
-        for order in customer.orders:
+        for order in sorted(customer.orders, key=lambda o: o.createTime or 0, reverse=True):  # newest first
             data = order.model_dump()
             if self._v6:
-                card = general_card_from_order(data, base_url=base_url, status_texts=status_texts)
+                card = general_card_from_order(data, base_url=base_url, status_texts=customer_status)
             else:
                 card = order_card_from_order(data, base_url=base_url)
-            from_order = ticket_prefill_from_order(data, base_url=base_url, status_texts=status_texts)
+            from_order = ticket_prefill_from_order(data, base_url=base_url, status_texts=agent_status)
             ticket = {name: value for name, value in from_order.items() if self._prefillable(name, value)}
-            orders.append({"order": order, "card": compact_json(card), "prefill": compact_json(ticket)})
+            orders.append({"order": order, "card": compact_json(card), "prefill": compact_json(ticket),
+                           "goods": order.goods[:GOODS_SHOWN], "more_goods": order.goods[GOODS_SHOWN:]})  # fmt: skip
         products = []
         for product in customer.products:
             data = product.model_dump()
@@ -175,10 +218,15 @@ class Renderer:
             "customer": customer,
             "orders": orders,
             "products": products,
+            "cards": actions.cards,
+            "tickets": actions.tickets,
+            "cards_where": self._where(self._card_surfaces, lang),
+            "tickets_where": self._where(self._ticket_surfaces, lang),
             "ticket_fields": self._ticket_fields,
             "ticket_prefill": customer_prefill(customer),
             "view": view.value if view else None,
-            "views": VIEWS,
+            # The tabbed panel shows the new-ticket tab only where Sobot files the ticket.
+            "views": [v for v in VIEWS if actions.tickets or v != View.NEW_TICKET.value],
             "params_mark": Markup(PARAMS_MARK),
             "yuan": yuan,
             "ms_datetime": ms_datetime,
@@ -198,6 +246,7 @@ class Renderer:
         lang: Lang,
         view: View | None,
         *,
+        surface: Surface,
         stale: bool,
         tried: list[tuple[str, str]],
         verified: bool = True,
@@ -209,9 +258,12 @@ class Renderer:
         `verified`: Sobot's sign vouches for the customer shown (else the header says it is unverified);
         `no_signed_key`: the sign covers no customer key, so no customer is shown, only what was `received`."""
         t = self.t(lang)
+        fields = context.display_fields() if context else []
+        # The closed disclosure shows one short fact (the caller, the skill group, the ticket), never a long id.
+        peek = next((value for name, value in fields if name not in LONG_IDS), "")
         header = self._jinja.get_template("_context.html").render(
-            t=t, customer=customer, context=context, stale=stale, verified=verified,
-            display_fields=context.display_fields() if context else [],
+            t=t, customer=customer, context=context, stale=stale, peek=peek, verified=verified,
+            display_fields=[(SURFACE_LABELS.get((surface, name), f"ctx_{name}"), value) for name, value in fields],
         )  # fmt: skip
         if customer is None:
             if no_signed_key:
@@ -219,7 +271,7 @@ class Renderer:
             else:
                 body = self._jinja.get_template("_not_found.html").render(t=t, tried=tried)
             return [header.encode(), body.encode()]
-        _, (before, after) = self._customer_views(customer, lang, view)
+        _, (before, after) = self._customer_views(customer, lang, view, surface)
         params = context.params if context else {}
         params_html = self._jinja.get_template("_params.html").render(t=t, params=params) if params else ""
         return [header.encode(), before, params_html.encode(), after]

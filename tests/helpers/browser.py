@@ -43,7 +43,11 @@ from sobot_panel.protocol.surfaces import Surface, build_query_string
 from sobot_panel.redis import EmbeddedRedis, connect
 from sobot_panel.settings import Settings
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # tests/artifacts, git-ignored
+from bench.enterprise import FakeEnterprise
+
+from .fake_enterprise import TOKEN as ENTERPRISE_TOKEN
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"  # tests/artifacts (git-ignored)
 # Every browser test runs on the session's loop, where the shared Chromium lives.
 BROWSER = pytest.mark.asyncio(loop_scope="session")
 CHROMIUM_ARGS = [
@@ -150,6 +154,24 @@ async def panel_server(make_settings: Callable[..., Settings]) -> AsyncIterator[
             return LiveServer(base_url, settings, app)
 
         yield start
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def enterprise() -> AsyncIterator[FakeEnterprise]:
+    """The fake customer API on the browser tests' loop (`fake_enterprise` lives on the test's own loop);
+    pass `directory_url=enterprise.url, directory_token=ENTERPRISE_TOKEN` to `panel_server`."""
+    fake = FakeEnterprise(token=ENTERPRISE_TOKEN)
+
+    def build(port: int) -> web.Application:
+        return fake.app()
+
+    async with serve(build) as base_url:
+        fake.url = base_url
+        try:
+            yield fake
+        finally:
+            if fake.hold is not None:
+                fake.hold.set()  # let a held lookup finish so the service can stop
 
 
 # --- a fake Sobot parent on another origin -----------------------------------------------------

@@ -9,7 +9,7 @@ import re
 import time
 from typing import Any
 
-from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient
 from sobot_panel.protocol.signing import SignPolicy, sign_fields
 from sobot_panel.protocol.surfaces import Surface, build_query_string
@@ -41,9 +41,31 @@ async def open_panel(client: TestClient[Any, Any], partner_id: str) -> tuple[Cli
     response = await client.get(f"/embed/workbench?{build_query_string(workbench_fields(partner_id))}")
     page = await response.text()
     assert response.status == 200, page
-    ws = await client.ws_connect(f"/ws?token={boot_of(page)['token']}")
+    ws = await connect_panel(client, boot_of(page)["token"])
     await wait_subscribed(client, partner_id)
     return ws, page
+
+
+async def connect_panel(
+    client: TestClient[Any, Any], token: str, *, view: str | None = None, session: ClientSession | None = None
+) -> ClientWebSocketResponse:
+    """The panel's websocket for a session token, as panel.js opens it (`session`: one without a
+    connection limit, for tests that hold hundreds of sockets)."""
+    return await open_socket(session or client.session, str(client.make_url("/ws")), token, view=view)
+
+
+async def open_socket(
+    session: ClientSession, url: str, token: str, *, view: str | None = None
+) -> ClientWebSocketResponse:
+    """`GET /ws`, then the hello frame with the token (never in the URL); returns once the server is ready."""
+    ws = await session.ws_connect(url)
+    await ws.send_json(hello(token, view))
+    await next_frame(ws, "ready")
+    return ws
+
+
+def hello(token: str, view: str | None = None) -> dict[str, Any]:
+    return {"type": "hello", "token": token, "view": view}
 
 
 async def next_frame(ws: ClientWebSocketResponse, kind: str, timeout: float = 5.0) -> dict[str, Any]:
