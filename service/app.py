@@ -1,9 +1,9 @@
 """`create_app(settings)`: the whole service assembled in one place.
 
-Every resource (the embedded redis-server, the Redis client, the directory's HTTP session, the panel
-core, the audit producer and its spool, the live hub, the ops consumer) is opened and closed in one
-`cleanup_ctx` generator here, in dependency order; nothing is opened at import time, and no domain
-module wires itself into the application.
+Every resource (the embedded redis-server, the Redis client, the companies served with their directories,
+panel cores, audit streams and ops consumers, the live hub and the one pub/sub reader) is opened and
+closed in a `cleanup_ctx` generator here, in dependency order; nothing is opened at import time, and no
+domain module wires itself into the application.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import contextlib
 import functools
 import logging
 import os
-import secrets
 import signal
 from collections.abc import AsyncIterator
 
@@ -21,33 +20,10 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
-from redis.exceptions import RedisError
 
 from . import assets, devhost, health
-from .appkeys import (
-    AUDIT,
-    CACHE,
-    CATALOG,
-    CORE,
-    CSP,
-    DIRECTORY,
-    EMBEDDED_REDIS,
-    HUB,
-    KEYS,
-    LIFECYCLE,
-    METRICS,
-    OPS_COUNTER,
-    OPS_FEED,
-    REDIS,
-    SETTINGS,
-    TICKET_FIELDS,
-)
+from .appkeys import CATALOG, COMPANIES, CSP, EMBEDDED_REDIS, HUB, KEYS, LIFECYCLE, METRICS, PUBSUB, REDIS, SETTINGS
 from .audit import http as audit_http
-from .audit.producer import AuditLog
-from .audit.retention import Retention, RetentionPolicy
-from .audit.spool import Spool
-from .directory.cache import CustomerCache
-from .directory.plugins import load_directory
 from .errors import PanelError
 from .i18n import Catalog
 from .lifecycle import Lifecycle
@@ -56,18 +32,19 @@ from .live.hub import LiveHub
 from .middleware import errors, observe
 from .observability import Metrics
 from .ops import dashboard as ops
-from .ops.feed import OpsCounter, OpsFeed
 from .panel import handlers
-from .panel.core import PanelCore, Signer
-from .panel.rendering import Renderer
+from .panel.core import Signer
 from .panel.wecom import WecomSecretClient
 from .protocol.security import content_security_policy
 from .protocol.surfaces import MAX_QUERY_LENGTH
-from .protocol.ticket_fields import load_ticket_fields
 from .protocol.tokens import SessionTokens
 from .redaction import keep_queries_out_of_logs
-from .redis import REDIS_DOWN, DataDirBusy, EmbeddedRedis, connect_any, keys_for, parse_redis_url
+from .redis import DataDirBusy, EmbeddedRedis, connect_any, keys_for, parse_redis_url
+from .redis.pubsub import PubSubReader, Router
 from .settings import Settings
+from .tenants.company import Shared
+from .tenants.config import CompanyConfig, TenantsError, load_tenants, single_company
+from .tenants.registry import Companies, reconcile
 
 log = logging.getLogger("sobot_panel")
 
@@ -137,60 +114,86 @@ async def _watch_embedded(server: EmbeddedRedis) -> None:
             delay = min(delay * 2, 30.0)
 
 
-async def _panel_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The customer directory, its cache, and the panel core built on them."""
+async def _companies_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Every company this deployment serves, the live hub, and the one pub/sub reader they all share."""
     settings = app[SETTINGS]
-    metrics = app[METRICS]
-    directory = load_directory(settings, on_call=metrics.observe_upstream)
-    cache = CustomerCache(
-        app[REDIS],
-        directory,
-        app[KEYS],
-        ttl=settings.directory_ttl,
-        negative_ttl=settings.directory_negative_ttl,
-        local_ttl=settings.local_cache_ttl,
-        local_size=settings.local_cache_size,
-    )
-    app[DIRECTORY], app[CACHE] = directory, cache
-    signer = Signer(settings.sign_policy())
-    app[CORE] = PanelCore(
-        signer=signer,
-        cache=cache,
-        renderer=Renderer(
-            aiohttp_jinja2.get_env(app),
-            app[CATALOG],
-            app[TICKET_FIELDS],
-            base_url=settings.base_url,
-            card_format=settings.card_format,
-            card_surfaces=settings.card_surface_set,
-            ticket_surfaces=settings.ticket_surface_set,
-            customer_lang=settings.customer_lang,
-        ),
+    router = Router()
+    reader = PubSubReader(app[REDIS], name="pubsub", on_message=router.message, on_connect=router.connected)
+    hub = LiveHub(reader=reader, router=router, catalog=app[CATALOG], metrics=app[METRICS])
+    companies = Companies()
+    app[PUBSUB], app[HUB], app[COMPANIES] = reader, hub, companies
+    shared = Shared(
+        settings=settings,
+        redis=app[REDIS],
+        base_keys=app[KEYS],
         tokens=SessionTokens(*settings.session_keys()),
-        metrics=metrics,
-        session_ttl_s=settings.session_ttl,
-        session_max_age_s=settings.session_max_age,
-        boot={
-            "origins": settings.origin_patterns,
-            "allowSelf": settings.demo,
-            "cardFormat": settings.card_format,
-            "signMaxAge": settings.sign_max_age,
-        },
-        trusted_unsigned=settings.trusted_unsigned,
+        metrics=app[METRICS],
+        jinja=aiohttp_jinja2.get_env(app),
+        catalog=app[CATALOG],
+        reader=reader,
+        router=router,
     )
+    wanted = _wanted_companies(settings)
+    await reconcile(companies, wanted, shared, attach=hub.attach, detach=hub.detach)
+    listener = asyncio.create_task(reader.run(), name="pubsub")
+    if settings.tenants is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(app, companies, shared, hub))
     try:
         yield
     finally:
-        await directory.close()
+        if settings.tenants is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        for company in companies:
+            await company.close()
+        reader.stop()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(listener, 3.0)  # cancelled if the stop flag is not seen in time
+
+
+def _wanted_companies(settings: Settings) -> dict[str, CompanyConfig]:
+    """The single company (when PANEL_SYSNUM is set) and the tenants of PANEL_TENANTS."""
+    wanted: dict[str, CompanyConfig] = {}
+    single = single_company(settings)
+    if single is not None:
+        wanted[""] = single
+    if settings.tenants is not None:
+        wanted.update(load_tenants(settings.tenants))
+    return wanted
+
+
+_RELOADS: set[asyncio.Task[None]] = set()
+
+
+def _spawn_reload(app: web.Application, companies: Companies, shared: Shared, hub: LiveHub) -> None:
+    task = asyncio.create_task(reload_tenants(app, companies, shared, hub), name="tenants-reload")
+    _RELOADS.add(task)
+    task.add_done_callback(_RELOADS.discard)
+
+
+async def reload_tenants(app: web.Application, companies: Companies, shared: Shared, hub: LiveHub) -> None:
+    """SIGHUP: read PANEL_TENANTS again and serve what it says now; a bad file keeps the running set."""
+    try:
+        wanted = _wanted_companies(app[SETTINGS])
+        changes = await reconcile(companies, wanted, shared, attach=hub.attach, detach=hub.detach)
+    except TenantsError as error:
+        for problem in error.problems:
+            log.error("tenants reload refused, the running configuration stays: %s", problem)
+        return
+    except Exception:
+        log.exception("tenants reload failed; the running configuration stays")
+        return
+    log.info("tenants reloaded: %s", changes)
 
 
 async def _wecom_ctx(app: web.Application) -> AsyncIterator[None]:
-    """SPEC §3.4: the WeCom secret from Sobot's gateway, when configured that way, refreshed in the background."""
+    """SPEC §3.4: the single company's WeCom secret from Sobot's gateway, refreshed in the background."""
     settings = app[SETTINGS]
-    if settings.wecom_secret is not None or not (settings.wecom_gateway and settings.wecom_temp_id):
+    company = app[COMPANIES].get("")
+    if company is None or settings.wecom_secret is not None or not (settings.wecom_gateway and settings.wecom_temp_id):
         yield
         return
-    signer = app[CORE].signer
+    signer = company.core.signer
     client = WecomSecretClient(
         app[REDIS], app[KEYS], gateway=settings.wecom_gateway, temp_id=settings.wecom_temp_id.get_secret_value()
     )
@@ -213,94 +216,6 @@ async def _refresh_wecom(signer: Signer, client: WecomSecretClient) -> None:
         await asyncio.sleep(client.ttl_s / 2)
         with contextlib.suppress(PanelError):
             signer.use_wecom_secret(await client.current_secret())
-
-
-async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The audit producer: the spool, a start-up replay of what was left on this host, the replayer."""
-    settings = app[SETTINGS]
-    spool = Spool(settings.spool_path, max_bytes=settings.spool_max_bytes) if settings.spool_max_bytes else None
-    audit = AuditLog(app[REDIS], app[KEYS], spool=spool, idempotency_ttl_s=settings.audit_dedupe_ttl)
-    app[AUDIT] = audit
-    # What a previous run, or a worker that died, left on this host goes in before we serve.
-    with contextlib.suppress(*REDIS_DOWN):
-        await asyncio.wait_for(audit.replay_spool(), timeout=10.0)
-    policy = RetentionPolicy(
-        maxlen=None if settings.audit_max_age else settings.audit_maxlen,
-        max_age_s=settings.audit_max_age,
-        hard_maxlen=settings.audit_hard_limit,
-    )
-    retention = Retention(app[REDIS], app[KEYS], policy, on_forced=app[METRICS].audit_forced_drops.inc)
-    stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(audit.run_replayer(stop), name="audit-spool-replayer"),
-        asyncio.create_task(retention.run(stop, interval_s=settings.audit_trim_interval), name="audit-retention"),
-    ]
-    try:
-        yield
-    finally:
-        stop.set()
-        for task in tasks:
-            await task
-        if spool is not None:
-            await _last_replay(audit, spool)
-            spool.close()
-
-
-async def _last_replay(audit: AuditLog, spool: Spool, timeout_s: float = 5.0) -> None:
-    """On the way out: push what the spool holds while Redis answers, and say what stays on disk.
-
-    A pod deleted during a Redis outage takes an emptyDir spool with it; this line is what tells.
-    """
-    error = ""
-    try:
-        await asyncio.wait_for(audit.replay_spool(), timeout=timeout_s)
-    except (RedisError, OSError) as failure:  # REDIS_DOWN; TimeoutError is an OSError
-        error = f" (Redis: {type(failure).__name__})"
-    depth = await asyncio.to_thread(spool.depth)
-    if depth.records:
-        log.warning("audit spool: %d record(s) remain on disk at %s at exit%s; they are replayed by the next "
-                    "process that uses this directory", depth.records, spool.directory, error)  # fmt: skip
-    else:
-        log.info("audit spool: empty at exit")
-
-
-async def _live_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The live hub; its pub/sub listener starts after Redis and stops before it."""
-    hub = LiveHub(redis=app[REDIS], keys=app[KEYS], core=app[CORE], catalog=app[CATALOG], metrics=app[METRICS])
-    app[HUB] = hub
-    listener = asyncio.create_task(hub.listen(), name="live-pubsub")
-    try:
-        yield
-    finally:
-        hub.stop()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(listener, 3.0)  # cancelled if the stop flag is not seen in time
-
-
-async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
-    """This replica's consumer of the `ops` group and its feed listener, only when the dashboard is on."""
-    settings = app[SETTINGS]
-    if settings.ops_token is None:
-        yield  # no dashboard, no consumer: the group is not created and builds no backlog
-        return
-    redis, keys = app[REDIS], app[KEYS]
-    consumer = f"ops-{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(2)}"
-    counter = OpsCounter(redis, keys, consumer, claim_idle_ms=settings.audit_claim_idle_ms,
-                         dead_after=settings.audit_dead_after)  # fmt: skip
-    feed = OpsFeed(redis, keys)
-    app[OPS_COUNTER], app[OPS_FEED] = counter, feed
-    tasks = [
-        asyncio.create_task(counter.run(), name="ops-counter"),
-        asyncio.create_task(feed.listen(), name="ops-feed"),
-    ]
-    try:
-        yield
-    finally:
-        counter.stop()
-        feed.stop()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, 3.0)  # cancelled if the stop flag is not seen in time
 
 
 async def unready_on_sigterm(app: web.Application, *, delay: float) -> None:
@@ -346,8 +261,9 @@ async def _close_sockets(app: web.Application) -> None:
     """SIGTERM: live panels get 1001 and reconnect elsewhere; ops feeds end so their browsers do too."""
     if HUB in app:
         await app[HUB].close_all()
-    if OPS_FEED in app:
-        app[OPS_FEED].close_all()
+    for company in app.get(COMPANIES) or ():
+        if company.feed is not None:
+            company.feed.close_all()
 
 
 # --- the factory -----------------------------------------------------------------------------
@@ -383,9 +299,8 @@ def create_app(settings: Settings) -> web.Application:
     app[CATALOG] = catalog
     app[METRICS] = Metrics()
     app[LIFECYCLE] = Lifecycle()
-    app[TICKET_FIELDS] = load_ticket_fields(settings.ticket_fields)
 
-    app.cleanup_ctx.extend([_redis_ctx, _panel_ctx, _wecom_ctx, _audit_ctx, _live_ctx, _ops_ctx, _metrics_port_ctx])
+    app.cleanup_ctx.extend([_redis_ctx, _companies_ctx, _wecom_ctx, _metrics_port_ctx])
     app.on_shutdown.append(_close_sockets)
 
     router = app.router
@@ -394,16 +309,18 @@ def create_app(settings: Settings) -> web.Application:
     if settings.metrics_port is None:
         router.add_get("/metrics", health.metrics)
     router.add_get("/", handlers.index)
-    router.add_get("/embed/{surface}", handlers.embed_panel)
-    router.add_get("/embed/{surface}/{view}", handlers.embed_view)
-    router.add_post("/panel/send", handlers.send)
-    router.add_post("/api/partners/{partnerId}/invalidate", handlers.invalidate)
-    router.add_get("/api/audit", audit_http.audit_api)
-    router.add_get("/ws", websocket)
-    router.add_get("/ops", ops.guarded(ops.dashboard, page=True))
-    router.add_get("/ops/entries/{entry_id}", ops.guarded(ops.entry_detail, page=True))
-    router.add_get("/ops/feed", ops.guarded(ops.feed, page=False))
-    router.add_get("/ops/api/summary", ops.guarded(ops.api_summary, page=False))
+    # The single company at /embed/..., each tenant of PANEL_TENANTS at /t/NAME/embed/... (CONTRACT).
+    for base in ("", "/t/{tenant}"):
+        router.add_get(f"{base}/embed/{{surface}}", handlers.embed_panel)
+        router.add_get(f"{base}/embed/{{surface}}/{{view}}", handlers.embed_view)
+        router.add_post(f"{base}/panel/send", handlers.send)
+        router.add_post(f"{base}/api/partners/{{partnerId}}/invalidate", handlers.invalidate)
+        router.add_get(f"{base}/api/audit", audit_http.audit_api)
+        router.add_get(f"{base}/ws", websocket)
+        router.add_get(f"{base}/ops", ops.guarded(ops.dashboard, page=True))
+        router.add_get(f"{base}/ops/entries/{{entry_id}}", ops.guarded(ops.entry_detail, page=True))
+        router.add_get(f"{base}/ops/feed", ops.guarded(ops.feed, page=False))
+        router.add_get(f"{base}/ops/api/summary", ops.guarded(ops.api_summary, page=False))
     if settings.demo:
         router.add_get("/dev/host", devhost.host_page)
         router.add_get("/dev/host/signed", devhost.signed)

@@ -26,6 +26,7 @@ from .clock import now_ms
 from .protocol.signing import sign_fields
 from .protocol.surfaces import Surface, View, build_query_string, zc_encode_blob
 from .settings import Settings, describe_error
+from .tenants.config import CompanyConfig, TenantsError, load_tenants
 
 log = logging.getLogger("sobot_panel")
 
@@ -38,14 +39,23 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def startup_warnings(settings: Settings) -> list[str]:
+def startup_warnings(settings: Settings, tenants: dict[str, CompanyConfig] | None = None) -> list[str]:
     warnings = []
+    for name, config in (tenants or {}).items():
+        if config.secret is None:
+            warnings.append(
+                f"tenant {name}: no secret: Sobot's legacy sign md5(sysNum+email) is accepted at /t/{name}/; it "
+                "signs nothing about the customer, so its panels mark every customer as unverified. Set the "
+                "tenant's secret (Sobot's security key)."
+            )
+        if config.trust_unsigned:
+            warnings.append(f"tenant {name}: trust_unsigned={config.trust_unsigned}: unsigned keys choose customers.")
     if settings.demo:
         warnings.append(
             "DEMO MODE: sysNum 'demo', secret 'demo-secret', sample customers and the host simulator at "
             f"{settings.base_url}/dev/host. Never expose this to a network."
         )
-    if settings.secret is None:
+    if settings.sysnum and settings.secret is None:
         warnings.append(
             "PANEL_SECRET is not set: Sobot's legacy sign md5(sysNum+email) is accepted. It signs nothing about "
             "the customer: whatever partnerId, phone, email or uid a URL carries chooses the customer, and every "
@@ -53,7 +63,7 @@ def startup_warnings(settings: Settings) -> list[str]:
             "panel URL can open any customer's panel forever. Turn on Sobot's security key (安全密钥) and set "
             "PANEL_SECRET."
         )
-    if settings.wecom_secret is None and not (settings.wecom_gateway and settings.wecom_temp_id):
+    if settings.sysnum and settings.wecom_secret is None and not (settings.wecom_gateway and settings.wecom_temp_id):
         warnings.append(
             "PANEL_WECOM_SECRET is not set: a WeCom sign without the secret can be computed by anyone, so WeCom "
             "sidebar panels mark their customer as unverified. Turn on the WeCom secret in Sobot and set it."
@@ -170,8 +180,14 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
             if worker.poll() is None:
                 worker.send_signal(signum)
 
+    def forward_reload(signum: int, _frame: object) -> None:
+        for worker in workers:  # each worker re-reads PANEL_TENANTS itself
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward_reload)
     try:
         while not stopping:
             for index, worker in enumerate(workers):
@@ -202,12 +218,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except assets.AssetError as error:
         print(f"sobot-panel: {error}", file=sys.stderr)
         return 2
+    tenants = None
+    if settings.tenants is not None:
+        try:
+            tenants = load_tenants(settings.tenants)
+        except TenantsError as error:
+            for problem in error.problems:  # one line per problem, each naming the tenant and the key
+                print(f"sobot-panel: bad tenants file: {problem}", file=sys.stderr)
+            return 2
     configure_logging(settings.log_format, settings.log_level)
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     if args.worker:
         return _run_one(settings, host, port, args.grace, reuse_port=True, drain_delay=args.drain_delay)
-    for warning in startup_warnings(settings):
+    for warning in startup_warnings(settings, tenants):
         log.warning(warning)
     if settings.demo:
         log.info("open the Sobot host simulator: %s/dev/host", settings.base_url)

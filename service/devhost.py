@@ -19,7 +19,7 @@ from typing import Any, Literal
 import aiohttp_jinja2
 from aiohttp import web
 
-from .appkeys import CATALOG, CORE, DIRECTORY
+from .appkeys import CATALOG, COMPANIES
 from .clock import now_ms
 from .directory.models import Customer
 from .directory.sample import SampleDirectory, load_customers
@@ -27,6 +27,7 @@ from .errors import Code, NotFound
 from .panel.pages import request_lang
 from .protocol.signing import sign_fields
 from .protocol.surfaces import Surface, View, build_query_string, parse_surface, parse_view, zc_encode_blob
+from .tenants.company import Company
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,19 @@ def selected_message(query: dict[str, str], customer: Customer) -> dict[str, Any
     }
 
 
-def sample_customers(app: web.Application) -> list[Customer]:
-    """The simulator's customers: the running sample directory's, else the sample file's."""
-    directory = app.get(DIRECTORY)
+def _company(request: web.Request) -> Company:
+    """The company the simulator plays Sobot for: `?tenant=NAME`, else the single company, else the first."""
+    companies = request.app[COMPANIES]
+    name = request.query.get("tenant", "")
+    company = companies.get(name) if name or companies.get("") else next(iter(companies), None)
+    if company is None:
+        raise NotFound(Code.UNKNOWN_TENANT, tenant=name[:40])
+    return company
+
+
+def sample_customers(company: Company) -> list[Customer]:
+    """The simulator's customers: the company's sample directory's, else the sample file's."""
+    directory = getattr(company.directory, "inner", company.directory)
     if isinstance(directory, SampleDirectory):
         return list(directory.customers)
     try:
@@ -156,8 +167,8 @@ def sample_customers(app: web.Application) -> list[Customer]:
         return []
 
 
-def _find(app: web.Application, partner_id: str) -> Customer:
-    for customer in sample_customers(app):
+def _find(company: Company, partner_id: str) -> Customer:
+    for customer in sample_customers(company):
         if customer.partnerId == partner_id:
             return customer
     raise NotFound(Code.DEVHOST_UNKNOWN_CUSTOMER, partnerId=partner_id[:40])
@@ -165,16 +176,16 @@ def _find(app: web.Application, partner_id: str) -> Customer:
 
 async def signed(request: web.Request) -> web.Response:
     """A context for one sample customer, signed now with the deployment's policy."""
-    app = request.app
+    company = _company(request)
     surface = parse_surface(request.query.get("surface", Surface.WORKBENCH.value))
     view_name = request.query.get("view", "")
     view: View | None = parse_view(view_name) if view_name else None
-    customer = _find(app, request.query.get("partnerId", ""))
+    customer = _find(company, request.query.get("partnerId", ""))
     now = now_ms()
-    query = sign_fields(surface, sample_context(surface, customer, now), app[CORE].signer.policy, now)
+    query = sign_fields(surface, sample_context(surface, customer, now), company.core.signer.policy, now)
     # SPEC §2.2: with zc_encode=1 on the docking URL, everything after `?` travels as one blob.
     zc = request.query.get("zcEncode") == "1"
-    path = f"/embed/{surface.value}" + (f"/{view.value}" if view else "")
+    path = f"{company.base}/embed/{surface.value}" + (f"/{view.value}" if view else "")
     lang = request.query.get("lang", "")
     tail = f"&lang={lang}" if lang in ("zh", "en") else ""
     url = f"{path}?{zc_encode_blob(query) if zc else build_query_string(query)}{tail}"
@@ -201,12 +212,13 @@ async def host_page(request: web.Request) -> web.Response:
     """The simulator itself; choices survive a reload through `?mode=&surface=&view=&lang=`."""
     app = request.app
     catalog = app[CATALOG]
+    company = _company(request)
     lang = request_lang(request)
     mode: Mode = "postmessage" if request.query.get("mode") == "postmessage" else "url"
     surface = _surface_choice(request.query.get("surface"))
     view_name = request.query.get("view", "")
     view = view_name if view_name in {v.value for v in View} else ""
-    customers = sample_customers(app)
+    customers = sample_customers(company)
     messages = catalog.table(lang, "devhost_")
     messages.update(catalog.table(lang, "order_status_"))
     boot = {
@@ -218,6 +230,7 @@ async def host_page(request: web.Request) -> web.Response:
         "customer": request.query.get("customer", ""),
         "sizes": {s.value: list(size) for s, size in FRAME_SIZES.items()},
         "messages": messages,
+        "tenant": company.name,
     }
     context = dict(
         t=lambda code, **params: catalog.text(code, lang, **params),
@@ -230,6 +243,8 @@ async def host_page(request: web.Request) -> web.Response:
         view=view,
         views=[v.value for v in View],
         customers=customers,
+        tenant=company.name,
+        tenants=app[COMPANIES].names,
         boot=json.dumps(boot, ensure_ascii=False, separators=(",", ":")),
     )
     response = aiohttp_jinja2.render_template("devhost.html", request, context)

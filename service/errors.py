@@ -24,6 +24,8 @@ class Code(StrEnum):
     UNKNOWN_SURFACE = "unknown_surface"
     UNKNOWN_VIEW = "unknown_view"
     PAGE_NOT_FOUND = "page_not_found"
+    UNKNOWN_TENANT = "unknown_tenant"
+    NO_SINGLE_COMPANY = "no_single_company"
     SIGN_EXPIRED = "sign_expired"
     SIGN_FUTURE = "sign_future"
     SIGN_MISMATCH = "sign_mismatch"

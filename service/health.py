@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .appkeys import AUDIT, KEYS, LIFECYCLE, METRICS, REDIS, SETTINGS
+from .appkeys import COMPANIES, LIFECYCLE, METRICS, REDIS, SETTINGS
 from .audit.reader import update_metrics
 from .redis import REDIS_DOWN
 
@@ -40,11 +40,13 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response(body)
     except REDIS_DOWN:
         app[METRICS].redis_up.set(0)
-    spool = app[AUDIT].spool
-    if spool is not None and await asyncio.to_thread(spool.can_take):
-        return web.json_response({**body, "redis": "down", "audit": "spool"})
-    audit = "spool_full" if spool is not None else "none"
-    return web.json_response({"status": "unavailable", "redis": "down", "audit": audit}, status=503)
+    # Every company's sends must have somewhere to go: its own spool (one directory each).
+    spools = [company.audit.spool for company in app[COMPANIES]]
+    if spools and all(spool is not None for spool in spools):
+        if all(await asyncio.gather(*(asyncio.to_thread(spool.can_take) for spool in spools if spool is not None))):
+            return web.json_response({**body, "redis": "down", "audit": "spool"})
+        return web.json_response({"status": "unavailable", "redis": "down", "audit": "spool_full"}, status=503)
+    return web.json_response({"status": "unavailable", "redis": "down", "audit": "none"}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -53,7 +55,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def metrics_of(app: web.Application, _request: web.Request | None = None) -> web.Response:
     """The exposition for `app`; also served alone on PANEL_METRICS_PORT, away from the ingress."""
-    with contextlib.suppress(*REDIS_DOWN):
-        await asyncio.wait_for(update_metrics(app[METRICS], app[REDIS], app[KEYS], app[AUDIT].spool,
-                                              app[SETTINGS].audit_hard_limit), 1.0)  # fmt: skip
+    hard_limit = app[SETTINGS].audit_hard_limit
+    for company in app[COMPANIES]:
+        update = update_metrics(app[METRICS], app[REDIS], company.keys, company.audit.spool, hard_limit,
+                                tenant=company.label)  # fmt: skip
+        with contextlib.suppress(*REDIS_DOWN):
+            await asyncio.wait_for(update, 1.0)
     return web.Response(body=app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

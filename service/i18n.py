@@ -63,7 +63,7 @@ class Catalog:
         return {code: texts[lang] for code, texts in self._messages.items() if code.startswith(prefix)}
 
 
-def pick_lang(query_lang: str | None, accept_language: str | None) -> Lang:
+def pick_lang(query_lang: str | None, accept_language: str | None, *, default: Lang = DEFAULT_LANG) -> Lang:
     """`?lang=` wins; else the first of zh/en named in Accept-Language by quality; else Chinese."""
     if query_lang:
         short = query_lang.strip().lower()[:2]
@@ -81,4 +81,4 @@ def pick_lang(query_lang: str | None, accept_language: str | None) -> Lang:
         for _, _, short in sorted(ranked):
             if short in LANGS:
                 return short
-    return DEFAULT_LANG
+    return default

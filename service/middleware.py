@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from . import context
-from .appkeys import CSP, METRICS, REQUEST_ID
+from .appkeys import COMPANY, CSP, METRICS, REQUEST_ID
 from .errors import Code, PanelError
 from .observability import monotonic
 from .panel.pages import error_response, not_found_error
@@ -36,7 +36,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         status = response.status
         headers = response.headers
-        headers.setdefault("Content-Security-Policy", request.app[CSP])
+        company = request.get(COMPANY)  # its own framing origins, once the request was routed to one
+        headers.setdefault("Content-Security-Policy", company.csp if company is not None else request.app[CSP])
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
         headers["X-Request-Id"] = request_id
@@ -48,7 +49,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].request_done(route, status, monotonic() - started, long_lived=long_lived)
+        routed = request.get(COMPANY)  # `tenant` only ever takes the names of companies served here
+        tenant = routed.label if routed is not None else ""
+        request.app[METRICS].request_done(route, status, monotonic() - started, tenant=tenant, long_lived=long_lived)
         context.REQUEST_ID.reset(id_token)
         context.TRACEPARENT.reset(trace_token)
 

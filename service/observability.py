@@ -41,10 +41,14 @@ from . import __version__, context
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._request_children: dict[tuple[str, int, str], tuple[Counter, Histogram]] = {}
+        self.audit_groups_reported: dict[str, set[str]] = {}  # per tenant: the group labels last reported
+        # `tenant`: the company a request or event belongs to ("" for the single-company settings); its values
+        # are bounded by the configured tenants (an unknown /t/NAME/ is answered before it is counted as one).
         self.requests = Counter(
-            "panel_http_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
-        )
+            "panel_http_requests", "HTTP requests by route, status and tenant", ["route", "status", "tenant"],
+            registry=self.registry,
+        )  # fmt: skip
         self.latency = Histogram(
             "panel_http_request_seconds",
             "HTTP request latency by route",
@@ -53,33 +57,37 @@ class Metrics:
             registry=self.registry,
         )
         self.sign_failures = Counter(
-            "panel_sign_failures", "Requests refused by sign verification, by reason", ["reason"],
+            "panel_sign_failures", "Requests refused by sign verification, by reason", ["reason", "tenant"],
             registry=self.registry,
         )  # fmt: skip
         self.previous_secret_signs = Counter(
             "panel_sign_previous_secret",
             "Signs verified with PANEL_SECRET_PREVIOUS (a key rotation is over when this stops growing)",
+            ["tenant"],
             registry=self.registry,
         )
         self.unsigned_disagreements = Counter(
             "panel_unsigned_disagreements",
             "Verified contexts whose unsigned field contradicted the customer the signed keys chose (ignored)",
-            ["surface", "field"],
+            ["surface", "field", "tenant"],
             registry=self.registry,
         )
         self.cache_lookups = Counter(
-            "panel_cache_lookups", "Customer look-ups by where they were answered", ["source"],
+            "panel_cache_lookups", "Customer look-ups by where they were answered", ["source", "tenant"],
             registry=self.registry,
         )  # fmt: skip
         self.upstream_calls = Counter(
-            "panel_upstream_calls", "Calls to the enterprise customer API by outcome", ["outcome"],
+            "panel_upstream_calls", "Calls to the enterprise customer API by outcome", ["outcome", "tenant"],
             registry=self.registry,
         )  # fmt: skip
         self.upstream_latency = Histogram(
-            "panel_upstream_seconds", "Latency of the enterprise customer API", registry=self.registry
+            "panel_upstream_seconds", "Latency of the enterprise customer API", ["tenant"], registry=self.registry
         )
         self.sends = Counter(
-            "panel_sends", "Cards and tickets sent, by kind and result", ["kind", "result"], registry=self.registry
+            "panel_sends",
+            "Cards and tickets sent, by kind and result",
+            ["kind", "result", "tenant"],
+            registry=self.registry,
         )
         self.websockets = Gauge(
             "panel_websockets_open", "Open panel websockets", registry=self.registry, multiprocess_mode="livesum"
@@ -89,43 +97,47 @@ class Metrics:
         # worker's group lag stayed on /metrics after Redis said 0).
         live: Literal["livemostrecent"] = "livemostrecent"
         self.audit_stream_length = Gauge(
-            "panel_audit_stream_length", "Entries in the audit stream", registry=self.registry, multiprocess_mode=live
-        )
+            "panel_audit_stream_length", "Entries in the audit stream", ["tenant"], registry=self.registry,
+            multiprocess_mode=live,
+        )  # fmt: skip
         self.audit_hard_maxlen = Gauge(
             "panel_audit_stream_hard_maxlen", "The audit stream's hard ceiling (PANEL_AUDIT_HARD_MAXLEN)",
-            registry=self.registry, multiprocess_mode=live,
+            ["tenant"], registry=self.registry, multiprocess_mode=live,
         )  # fmt: skip
         self.audit_dead_letter_length = Gauge(
             "panel_audit_dead_letter_length",
             "Entries in the audit dead-letter stream",
+            ["tenant"],
             registry=self.registry,
             multiprocess_mode=live,
         )
         self.audit_group_pending = Gauge(
-            "panel_audit_group_pending", "Audit entries delivered to a consumer group and not acked", ["group"],
-            registry=self.registry, multiprocess_mode=live,
+            "panel_audit_group_pending", "Audit entries delivered to a consumer group and not acked",
+            ["group", "tenant"], registry=self.registry, multiprocess_mode=live,
         )  # fmt: skip
         self.audit_group_lag = Gauge(
-            "panel_audit_group_lag", "Audit entries not yet delivered to a consumer group", ["group"],
+            "panel_audit_group_lag", "Audit entries not yet delivered to a consumer group", ["group", "tenant"],
             registry=self.registry, multiprocess_mode=live,
         )  # fmt: skip
         self.audit_group_oldest_unacked = Gauge(
             "panel_audit_group_oldest_unacked_seconds",
             "Age of the oldest audit entry a consumer group has not acknowledged (0: none); retention keeps it",
-            ["group"], registry=self.registry, multiprocess_mode=live,
+            ["group", "tenant"], registry=self.registry, multiprocess_mode=live,
         )  # fmt: skip
         self.audit_forced_drops = Counter(
             "panel_audit_forced_drops",
             "Audit entries a consumer group had not acknowledged, dropped under PANEL_AUDIT_HARD_MAXLEN",
+            ["tenant"],
             registry=self.registry,
         )
         self.audit_spool_records = Gauge(
             "panel_audit_spool_records", "Audit records on local disk waiting for Redis (whole host)",
-            registry=self.registry, multiprocess_mode="livemax",
+            ["tenant"], registry=self.registry, multiprocess_mode="livemax",
         )  # fmt: skip
         self.audit_spool_bytes = Gauge(
             "panel_audit_spool_bytes",
             "Bytes of the local audit spool (whole host)",
+            ["tenant"],
             registry=self.registry,
             multiprocess_mode="livemax",
         )
@@ -160,25 +172,27 @@ class Metrics:
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
 
-    def request_done(self, route: str, status: int, seconds: float, *, long_lived: bool = False) -> None:
+    def request_done(
+        self, route: str, status: int, seconds: float, *, tenant: str = "", long_lived: bool = False
+    ) -> None:
         """Count and time one request; the labelled children are looked up once per route and status.
 
         A websocket or an event stream is timed in its own histogram (its lifetime, not a latency)."""
         if long_lived:
-            self.requests.labels(route, str(status)).inc()
+            self.requests.labels(route, str(status), tenant).inc()
             self.connection_seconds.labels(route).observe(seconds)
             return
-        key = (route, status)
+        key = (route, status, tenant)
         children = self._request_children.get(key)
         if children is None:
-            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            children = (self.requests.labels(route, str(status), tenant), self.latency.labels(route))
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_upstream(self, seconds: float, outcome: str) -> None:
-        self.upstream_calls.labels(outcome).inc()
-        self.upstream_latency.observe(seconds)
+    def observe_upstream(self, seconds: float, outcome: str, *, tenant: str = "") -> None:
+        self.upstream_calls.labels(outcome, tenant).inc()
+        self.upstream_latency.labels(tenant).observe(seconds)
 
 
 class BuildInfo(Collector):

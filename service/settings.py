@@ -35,7 +35,8 @@ SECRET_FIELDS = ("secret", "secret_previous", "wecom_secret", "wecom_temp_id", "
                  "session_key", "session_key_previous", "directory_token", "redis_url")  # fmt: skip
 # Settings where "set but empty" (`PANEL_SECRET=`) is a mistake, never "unset".
 NEEDS_A_VALUE = ("sysnum", *SECRET_FIELDS, "wecom_gateway", "redis_tls_ca", "redis_prefix", "data_dir", "host",
-                 "public_url", "host_origins", "directory_url", "directory_plugin", "ticket_fields")  # fmt: skip
+                 "public_url", "host_origins", "directory_url", "directory_plugin", "ticket_fields",
+                 "tenants")  # fmt: skip
 SESSION_KEY_FILE = "session.key"
 
 
@@ -99,6 +100,9 @@ class Settings(BaseSettings):
     directory_ttl: int = Field(default=60, ge=1)
     directory_negative_ttl: int = Field(default=10, ge=1)
     directory_timeout: float = Field(default=3.0, gt=0)
+    # calls in flight to one company's customer API; past it a lookup waits for a slot at most
+    # PANEL_DIRECTORY_TIMEOUT, then fails (the cache then answers with a stale copy when it has one)
+    directory_concurrency: int = Field(default=64, ge=1)
     local_cache_ttl: float = Field(default=3.0, ge=0)
     local_cache_size: int = Field(default=2048, ge=0)
 
@@ -146,6 +150,9 @@ class Settings(BaseSettings):
     # overlap a socket the server has not yet seen die). Counted per session, never per IP address:
     # a call center's agents share one NAT address.
     ws_per_session: int = Field(default=4, ge=1, le=64)
+
+    # several Sobot companies from one deployment: a TOML file of [tenants.NAME] tables (README, "Many companies")
+    tenants: Path | None = None
 
     demo: bool = False
     _session_key_generated: bool = PrivateAttr(default=False)
@@ -218,16 +225,7 @@ class Settings(BaseSettings):
     @field_validator("card_surfaces", "ticket_surfaces")
     @classmethod
     def _surface_names(cls, value: str) -> str:
-        names = value.replace(",", " ").split()
-        if names == ["none"]:
-            return ""
-        if not names:
-            raise ValueError("is empty: name surfaces (e.g. workbench), or none")
-        known = [surface.value for surface in Surface]
-        for name in names:
-            if name not in known:
-                raise ValueError(f"{name!r} is not a surface; use {', '.join(known)} (or none)")
-        return " ".join(names)
+        return surface_names(value)
 
     @field_validator("redis_url")
     @classmethod
@@ -266,6 +264,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else None
 
+    @field_validator("tenants")
+    @classmethod
+    def _tenants_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
     @field_validator("ticket_fields")
     @classmethod
     def _ticket_fields_exist(cls, value: Path | None) -> Path | None:
@@ -281,8 +286,10 @@ class Settings(BaseSettings):
                 object.__setattr__(self, "sysnum", DEMO_SYSNUM)
             if self.secret is None:
                 object.__setattr__(self, "secret", SecretStr(DEMO_SECRET))
-        if not self.sysnum:
-            raise ValueError("PANEL_SYSNUM is required (your Sobot company number), or set PANEL_DEMO=1")
+        if not self.sysnum and self.tenants is None:
+            raise ValueError(
+                "PANEL_SYSNUM is required (your Sobot company number), or set PANEL_TENANTS or PANEL_DEMO=1"
+            )
         if self.secret_previous is not None and self.secret is None:
             raise ValueError("PANEL_SECRET_PREVIOUS: needs PANEL_SECRET (the key that replaced it)")
         if self.session_key_previous is not None and self.session_key is None:
@@ -365,6 +372,20 @@ class Settings(BaseSettings):
         assert self.session_key is not None  # filled in by validation
         previous = [self.session_key_previous.get_secret_value().encode()] if self.session_key_previous else []
         return self.session_key.get_secret_value().encode(), previous
+
+
+def surface_names(value: str) -> str:
+    """A list of surfaces (space or comma separated; `none` for none), checked and normalised."""
+    names = value.replace(",", " ").split()
+    if names == ["none"]:
+        return ""
+    if not names:
+        raise ValueError("is empty: name surfaces (e.g. workbench), or none")
+    known = [surface.value for surface in Surface]
+    for name in names:
+        if name not in known:
+            raise ValueError(f"{name!r} is not a surface; use {', '.join(known)} (or none)")
+    return " ".join(names)
 
 
 def _is_blank(value: Any) -> bool:

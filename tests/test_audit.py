@@ -376,8 +376,9 @@ async def test_stream_stats_and_metrics(redis_client: aioredis.Redis, tmp_path: 
     spool.append(record(9).fields())
     metrics = Metrics()
     await update_metrics(metrics, redis_client, KEYS, spool)
-    assert metrics.registry.get_sample_value("panel_audit_stream_length") == 5
-    assert metrics.registry.get_sample_value("panel_audit_group_pending", {"group": "ops"}) == 2
-    assert metrics.registry.get_sample_value("panel_audit_group_lag", {"group": "ops"}) == 3
-    assert metrics.registry.get_sample_value("panel_audit_spool_records") == 1
-    assert metrics.registry.get_sample_value("panel_audit_spool_bytes") == spool.depth().bytes > 0
+    value = metrics.registry.get_sample_value
+    assert value("panel_audit_stream_length", {"tenant": ""}) == 5
+    assert value("panel_audit_group_pending", {"group": "ops", "tenant": ""}) == 2
+    assert value("panel_audit_group_lag", {"group": "ops", "tenant": ""}) == 3
+    assert value("panel_audit_spool_records", {"tenant": ""}) == 1
+    assert value("panel_audit_spool_bytes", {"tenant": ""}) == spool.depth().bytes > 0

@@ -181,10 +181,10 @@ async def test_a_refused_switch_says_so_and_leaves_nothing_clickable(
     assert await clickable(frame) == 0
     await expect(main).to_have_attribute("aria-busy", "false")
     # Retry asks again (the server refuses it again: a second counted failure).
-    failures = await metric(server, f'panel_sign_failures_total{{reason="{reason}"}}')
+    failures = await metric(server, f'panel_sign_failures_total{{reason="{reason}",tenant=""}}')
     await status.get_by_role("button", name=text("retry")).click()
     deadline = time.monotonic() + 10
-    while await metric(server, f'panel_sign_failures_total{{reason="{reason}"}}') < failures + 1:
+    while await metric(server, f'panel_sign_failures_total{{reason="{reason}",tenant=""}}') < failures + 1:
         assert time.monotonic() < deadline, "the retry never reached the server"
         await asyncio.sleep(0.05)
     await expect(main).to_have_attribute("data-state", "failed")

@@ -558,7 +558,10 @@ def test_manifest_settings_are_real_and_valid(
         env.update(secret.get("stringData", {}))
     unknown = {name for name in env if name not in _settings_fields()}
     assert not unknown, f"not settings of the service: {sorted(unknown)}"
-    if env.get("PANEL_DEMO") != "1" and not env.get("PANEL_SYSNUM"):
+    if env.get("PANEL_TENANTS"):
+        # The Secret's file is the operator's; the shipped example has its shape.
+        env["PANEL_TENANTS"] = str(K8S / target / "tenants.example.toml")
+    if env.get("PANEL_DEMO") != "1" and not env.get("PANEL_SYSNUM") and not env.get("PANEL_TENANTS"):
         # An unset sysNum must stop the pod with one clear line, not serve with a wrong one.
         with pytest.raises(ValidationError) as error:
             _settings_from_env(env, monkeypatch)
@@ -989,3 +992,22 @@ def test_alert_rules_watch_what_readiness_no_longer_does(rendered: dict[str, lis
     for expr in alerts.values():
         for metric in re.findall(r"\b(panel_[a-z_]+)", expr):
             assert f"# TYPE {metric.removesuffix('_total')} " in exposed or f"# TYPE {metric} " in exposed, metric
+
+
+def test_many_companies_overlay_mounts_the_tenants_file_from_a_secret(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    from sobot_panel.tenants.config import load_tenants
+
+    objects = rendered["overlays/many-companies"]
+    config = _config(objects)
+    assert "PANEL_SYSNUM" not in config  # every company is a tenant there
+    tenants_path = Path(config["PANEL_TENANTS"])
+    container = _panel_container(objects)
+    volumes = {v["name"]: v for v in _panel(objects)["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(tenants_path.parent)]
+    assert mount["readOnly"] is True
+    assert volumes[mount["name"]]["secret"]["secretName"] == "sobot-panel-tenants"
+    example = load_tenants(K8S / "overlays" / "many-companies" / "tenants.example.toml")
+    assert set(example) == {"acme", "globex"}

@@ -272,13 +272,13 @@ def use_entry_points(monkeypatch: pytest.MonkeyPatch, **targets: str) -> None:
 
 
 def test_sample_directory_by_default(make_settings: Callable[..., Settings]) -> None:
-    assert isinstance(plugins.load_directory(make_settings()), SampleDirectory)
+    assert isinstance(_load(make_settings()), SampleDirectory)
 
 
 def test_http_directory_when_url_is_set(make_settings: Callable[..., Settings]) -> None:
     calls: list[tuple[float, str]] = []
     settings = make_settings(directory_url="https://crm.example.cn/api/", directory_token="t0k", directory_timeout=1.5)
-    directory = plugins.load_directory(settings, on_call=lambda s, o: calls.append((s, o)))
+    directory = _load(settings, on_call=lambda s, o: calls.append((s, o)))
     assert isinstance(directory, HttpDirectory)
     assert directory.base_url == "https://crm.example.cn/api"
     assert directory._headers["Authorization"] == "Bearer t0k"
@@ -290,7 +290,7 @@ async def test_plugin_is_loaded_by_name(
 ) -> None:
     use_entry_points(monkeypatch, crm=f"{__name__}:PluginDirectory")
     settings = make_settings(directory_plugin="crm", directory_url="https://ignored.example.cn")
-    directory = plugins.load_directory(settings)
+    directory = _load(settings)
     assert isinstance(directory, PluginDirectory) and isinstance(directory, Directory)
     assert directory.settings is settings
     customer = await directory.lookup("partnerId", "P1")
@@ -302,7 +302,7 @@ def test_unknown_plugin_names_the_available_ones(
 ) -> None:
     use_entry_points(monkeypatch, crm=f"{__name__}:PluginDirectory", erp=f"{__name__}:PluginDirectory")
     with pytest.raises(ValueError, match=r"PANEL_DIRECTORY_PLUGIN.*'sap'.*available: crm, erp"):
-        plugins.load_directory(make_settings(directory_plugin="sap"))
+        _load(make_settings(directory_plugin="sap"))
 
 
 def test_plugin_must_return_a_directory(
@@ -310,4 +310,11 @@ def test_plugin_must_return_a_directory(
 ) -> None:
     use_entry_points(monkeypatch, odd=f"{__name__}:not_a_directory")
     with pytest.raises(ValueError, match="not a Directory"):
-        plugins.load_directory(make_settings(directory_plugin="odd"))
+        _load(make_settings(directory_plugin="odd"))
+
+
+def _load(settings: Settings, on_call: Any = None) -> Directory:
+    """The directory the single-company settings ask for, as the service loads it."""
+    token = settings.directory_token.get_secret_value() if settings.directory_token else None
+    return plugins.load_directory(plugin=settings.directory_plugin, url=settings.directory_url, token=token,
+                                  timeout_s=settings.directory_timeout, settings=settings, on_call=on_call)  # fmt: skip

@@ -209,7 +209,7 @@ async def test_health_and_readiness_follow_redis(
 async def test_metrics_count_sign_failures(client: TestClient[Any, Any]) -> None:
     await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH, sign='f' * 32)}")
     text = await (await client.get("/metrics")).text()
-    assert 'panel_sign_failures_total{reason="sign_mismatch"} 1.0' in text
+    assert 'panel_sign_failures_total{reason="sign_mismatch",tenant=""} 1.0' in text
 
 
 def test_sign_command_prints_a_url_the_service_accepts(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
@@ -364,7 +364,7 @@ async def test_invalidate_drops_the_cached_customer(
 async def test_an_unchanged_customer_is_rendered_once_even_when_read_again_from_redis(
     aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], fake_enterprise: FakeEnterprise
 ) -> None:
-    from sobot_panel.appkeys import CORE
+    from sobot_panel.appkeys import COMPANIES
 
     settings = make_settings(directory_url=fake_enterprise.url, directory_token=ENTERPRISE_TOKEN, local_cache_ttl=0)
     client = await aiohttp_client(create_app(settings))
@@ -372,10 +372,10 @@ async def test_an_unchanged_customer_is_rendered_once_even_when_read_again_from_
         assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
     app = client.server.app
     assert app is not None
-    assert (app[CORE].renderer.misses, app[CORE].renderer.hits) == (1, 2)
+    assert (app[COMPANIES].default.core.renderer.misses, app[COMPANIES].default.core.renderer.hits) == (1, 2)
     await client.post("/api/partners/C1001/invalidate", headers={"Authorization": "Bearer test-api-token"})
     assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
-    assert app[CORE].renderer.misses == 2  # a refreshed customer is rendered afresh
+    assert app[COMPANIES].default.core.renderer.misses == 2  # a refreshed customer is rendered afresh
 
 
 async def test_a_mini_program_order_link_is_not_prefilled_into_a_url_field(

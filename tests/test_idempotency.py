@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from sobot_panel.app import create_app
-from sobot_panel.appkeys import AUDIT, KEYS, REDIS
+from sobot_panel.appkeys import COMPANIES, KEYS, REDIS
 from sobot_panel.audit.producer import AuditLog, AuditRecord, IdempotencyConflict
 from sobot_panel.audit.reader import iter_range
 from sobot_panel.audit.spool import Spool
@@ -163,4 +163,4 @@ async def test_the_ack_always_equals_the_stream(client: TestClient[Any, Any]) ->
     for event, messages in answers.items():
         assert all(message == stored[event] for message in messages), event
     app = client.server.app
-    assert app is not None and app[AUDIT].spool is not None
+    assert app is not None and app[COMPANIES].default.audit.spool is not None

@@ -83,7 +83,7 @@ async def test_a_refused_relay_counts_as_a_sign_failure(client: TestClient[Any, 
     await ws.send_json(selected({**workbench_fields("C1002"), "sign": "0" * 32}))
     assert (await next_frame(ws, "error"))["code"] == "sign_mismatch"
     text = await (await client.get("/metrics")).text()
-    assert 'panel_sign_failures_total{reason="sign_mismatch"} 1.0' in text
+    assert 'panel_sign_failures_total{reason="sign_mismatch",tenant=""} 1.0' in text
 
 
 async def test_selection_of_another_agent_is_refused(client: TestClient[Any, Any]) -> None:

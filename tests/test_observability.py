@@ -150,15 +150,15 @@ async def test_metrics_have_process_and_build_information_and_websockets_apart(
     assert 'version="' in build and build.endswith(" 1.0")
     assert 'panel_connection_seconds_count{route="/ws"} 1.0' in text
     assert 'panel_http_request_seconds_count{route="/ws"}' not in text
-    assert 'panel_http_requests_total{route="/ws",status="101"} 1.0' in text
+    assert 'panel_http_requests_total{route="/ws",status="101",tenant=""} 1.0' in text
 
 
 WORKER = """
 import os, sys
 from sobot_panel.observability import Metrics
 metrics = Metrics()
-metrics.audit_group_lag.labels("warehouse").set(float(sys.argv[1]))
-metrics.audit_spool_records.set(float(sys.argv[1]))
+metrics.audit_group_lag.labels("warehouse", "").set(float(sys.argv[1]))
+metrics.audit_spool_records.labels("").set(float(sys.argv[1]))
 print(os.getpid())
 """
 
@@ -182,8 +182,8 @@ def test_a_dead_workers_gauges_drop_out(tmp_path: Path) -> None:
     MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
     text = generate_latest(registry).decode()
     lag = [line for line in text.splitlines() if line.startswith("panel_audit_group_lag{")]
-    assert lag == ['panel_audit_group_lag{group="warehouse"} 0.0'], lag
-    assert "panel_audit_spool_records 0.0" in text
+    assert lag == ['panel_audit_group_lag{group="warehouse",tenant=""} 0.0'], lag
+    assert 'panel_audit_spool_records{tenant=""} 0.0' in text
 
 
 async def test_metrics_on_their_own_port_only(

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import BrowserContext, Page, expect
 from sobot_panel.app import create_app
-from sobot_panel.appkeys import AUDIT, OPS_COUNTER, OPS_FEED, REDIS
+from sobot_panel.appkeys import COMPANIES, REDIS
 from sobot_panel.audit.producer import AuditRecord
 from sobot_panel.audit.reader import Entry
 from sobot_panel.clock import CHINA_TZ
@@ -271,7 +271,7 @@ async def test_no_ops_token_is_503_naming_the_setting_and_runs_no_consumer(
     response = await client.get("/ops")
     assert response.status == 503 and "PANEL_OPS_TOKEN" in await response.text()
     assert (await client.get("/ops/api/summary")).status == 503
-    assert OPS_COUNTER not in client.app and await ops_group(client.app[REDIS]) is None
+    assert client.app[COMPANIES].default.counter is None and await ops_group(client.app[REDIS]) is None
 
 
 @pytest.mark.parametrize(
@@ -319,7 +319,7 @@ async def test_a_cookie_stops_working_when_the_token_rotates(
 
 
 async def test_counters_follow_appended_entries_by_kind_surface_and_agent(client: TestClient[Any, Any]) -> None:
-    audit = client.app[AUDIT]
+    audit = client.app[COMPANIES].default.audit
     await audit.append(record("order_card", agent="li@acme.cn", surface="workbench"))
     await audit.append(record("order_card", agent="wang@acme.cn", surface="call"))
     await audit.append(record("ticket", agent="li@acme.cn", surface="workbench"))
@@ -337,8 +337,8 @@ async def test_counters_follow_appended_entries_by_kind_surface_and_agent(client
 
 
 async def test_an_entry_is_counted_once_even_when_delivered_twice(client: TestClient[Any, Any]) -> None:
-    counter = client.app[OPS_COUNTER]
-    await client.app[AUDIT].append(record())
+    counter = client.app[COMPANIES].default.counter
+    await client.app[COMPANIES].default.audit.append(record())
     await drained(client.app[REDIS])
     [(entry_id, fields)] = await client.app[REDIS].xrange(KEYS_.audit_stream)
     assert await counter.count([Entry(entry_id, fields)]) == 0, "already acked: not counted again"
@@ -352,14 +352,14 @@ async def test_two_replicas_sharing_redis_do_not_double_count(
     first = await aiohttp_client(create_app(settings))
     second = await aiohttp_client(create_app(settings))
     await consumers_ready(first.app[REDIS], 2)
-    await first.app[AUDIT].append_many([record(agent=f"agent{i % 3}@acme.cn") for i in range(60)])
-    await second.app[AUDIT].append_many([record("ticket") for _ in range(40)])
+    await first.app[COMPANIES].default.audit.append_many([record(agent=f"agent{i % 3}@acme.cn") for i in range(60)])
+    await second.app[COMPANIES].default.audit.append_many([record("ticket") for _ in range(40)])
     await drained(first.app[REDIS])
     for replica in (first, second):
         got = await summary(replica)
         assert got["hour"]["total"] == got["day"]["total"] == 100
         assert got["hour"]["kind"] == {"order_card": 60, "ticket": 40}
-    assert first.app[OPS_COUNTER].counted + second.app[OPS_COUNTER].counted == 100
+    assert first.app[COMPANIES].default.counter.counted + second.app[COMPANIES].default.counter.counted == 100
 
 
 # --- the page, filters and details ----------------------------------------------------------------
@@ -370,7 +370,7 @@ def rows(page: str) -> list[str]:
 
 
 async def test_dashboard_lists_recent_sends_and_filters_them(client: TestClient[Any, Any]) -> None:
-    audit = client.app[AUDIT]
+    audit = client.app[COMPANIES].default.audit
     await audit.append(record("order_card", agent="li@acme.cn", partner="C1001"))
     await audit.append(record("ticket", agent="wang@acme.cn", partner="C1002"))
     await audit.append(record("goods_card", agent="li@acme.cn", partner="C1002"))
@@ -386,7 +386,7 @@ async def test_dashboard_lists_recent_sends_and_filters_them(client: TestClient[
 
 
 async def test_filters_scan_a_bounded_window_and_page_further(client: TestClient[Any, Any]) -> None:
-    audit = client.app[AUDIT]
+    audit = client.app[COMPANIES].default.audit
     await audit.append(record("ticket", agent="needle@acme.cn"))
     await audit.append_many([record() for _ in range(FILTER_SCAN_MAX + 50)])
     redis = client.app[REDIS]
@@ -413,7 +413,7 @@ async def test_filters_scan_a_bounded_window_and_page_further(client: TestClient
 async def test_detail_shows_the_card_as_the_customer_saw_it(
     client: TestClient[Any, Any], kind: str, card_format: str, expected: list[str]
 ) -> None:
-    appended = await client.app[AUDIT].append(record(kind, card_format=card_format))
+    appended = await client.app[COMPANIES].default.audit.append(record(kind, card_format=card_format))
     response = await client.get(f"/ops/entries/{appended.entry_id}", headers=AUTH)
     page = await response.text()
     assert response.status == 200
@@ -442,7 +442,7 @@ async def test_a_page_view_does_bounded_work_whatever_the_stream_length(client: 
     The bench measures the same page against a stream of a million entries; here 3,000 stand in for it.
     """
     redis = client.app[REDIS]
-    await client.app[AUDIT].append_many([record() for _ in range(3_000)])
+    await client.app[COMPANIES].default.audit.append_many([record() for _ in range(3_000)])
     await drained(redis)
 
     async def calls() -> dict[str, int]:
@@ -507,7 +507,7 @@ async def subscribers(redis: aioredis.Redis, count: int, timeout: float = 5.0) -
 async def test_feed_delivers_an_appended_entry_within_2s(client: TestClient[Any, Any]) -> None:
     await subscribers(client.app[REDIS], 1)
     feed = await open_feed(client)
-    appended = await client.app[AUDIT].append(record("goods_card", agent="li@acme.cn"))
+    appended = await client.app[COMPANIES].default.audit.append(record("goods_card", agent="li@acme.cn"))
     got = await next_send(feed, 2.0)
     assert got["entryId"] == appended.entry_id and got["kind"] == "goods_card" and got["agent"] == "li@acme.cn"
     assert got["summary"] == "静享 Pro 降噪蓝牙耳机 · 1299元"
@@ -522,7 +522,7 @@ async def test_feed_reaches_clients_of_every_replica(
     await consumers_ready(first.app[REDIS], 2)
     await subscribers(first.app[REDIS], 2)
     feeds = [await open_feed(first), await open_feed(second)]
-    appended = await first.app[AUDIT].append(record("ticket"))
+    appended = await first.app[COMPANIES].default.audit.append(record("ticket"))
     for feed in feeds:
         assert (await next_send(feed, 2.0))["entryId"] == appended.entry_id
 
@@ -539,7 +539,7 @@ async def test_feed_passes_on_out_of_order_entries_once_each(client: TestClient[
 
 
 async def test_a_reconnecting_client_gets_what_it_missed_from_the_stream(client: TestClient[Any, Any]) -> None:
-    audit = client.app[AUDIT]
+    audit = client.app[COMPANIES].default.audit
     seen = await audit.append(record())
     missed = [await audit.append(record("ticket")) for _ in range(2)]
     feed = await open_feed(client, **{"Last-Event-ID": seen.entry_id})
@@ -564,13 +564,14 @@ async def test_counting_and_the_feed_survive_a_redis_restart(
     await consumers_ready(redis)
     await subscribers(redis, 1)
     feed = await open_feed(client)
-    await client.app[AUDIT].append(record())
+    await client.app[COMPANIES].default.audit.append(record())
     assert (await next_send(feed))["kind"] == "order_card"
 
     own_redis.kill()
     own_redis.start()
     await subscribers(redis, 1, timeout=10.0)  # the listener subscribed again by itself
-    await client.app[AUDIT].append(record("ticket"))  # straight to the stream, or spooled and replayed
+    # straight to the stream, or spooled and replayed
+    await client.app[COMPANIES].default.audit.append(record("ticket"))
     assert (await next_send(feed, 10.0))["kind"] == "ticket", "the consumer reads again and the feed flows"
     await drained(redis)
     assert (await summary(client))["hour"]["total"] == 2
@@ -587,7 +588,7 @@ async def test_shutdown_closes_feeds_and_stops_the_consumer_promptly(make_settin
         await response.content.readline()
 
         async def joined() -> bool:
-            return len(app[OPS_FEED].clients) == 1
+            return len(app[COMPANIES].default.feed.clients) == 1
 
         await until(joined, "the client joined")
         started = time.monotonic()
@@ -607,8 +608,10 @@ async def test_a_card_sent_from_a_panel_appears_live_and_the_counts_move(
     server = await panel_server()
     redis = server.app[REDIS]
     await consumers_ready(redis)
-    await server.app[AUDIT].append(record("ticket", agent="wang@acme.cn", partner="C1002", at=now_ms() - 20 * 60_000))
-    await server.app[AUDIT].append(record("goods_card", agent="li@acme.cn", partner="C1003", at=now_ms() - 5 * 60_000))
+    audit = server.app[COMPANIES].default.audit
+    await audit.append(record("ticket", agent="wang@acme.cn", partner="C1002", at=now_ms() - 20 * 60_000))
+    audit = server.app[COMPANIES].default.audit
+    await audit.append(record("goods_card", agent="li@acme.cn", partner="C1003", at=now_ms() - 5 * 60_000))
     await drained(redis)
 
     await page.goto(f"{server.base_url}/ops?token={TOKEN}")

@@ -26,7 +26,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 from sobot_panel.app import create_app
-from sobot_panel.appkeys import AUDIT, KEYS, REDIS
+from sobot_panel.appkeys import COMPANIES, KEYS, REDIS
 from sobot_panel.audit.producer import AuditLog, AuditRecord
 from sobot_panel.audit.reader import AuditReader
 from sobot_panel.protocol.surfaces import build_query_string
@@ -334,7 +334,7 @@ async def test_a_cluster_outage_is_a_redis_outage_and_the_panels_recover(
     # replica stays ready: its spool keeps the sends).
     ready = await replica_a.get("/readyz")
     assert ready.status == 200 and (await ready.json())["redis"] == "down"
-    spooled = await app_a[AUDIT].append(record(3))
+    spooled = await app_a[COMPANIES].default.audit.append(record(3))
     assert spooled.spooled
 
     own_cluster.restart()
@@ -347,7 +347,7 @@ async def test_a_cluster_outage_is_a_redis_outage_and_the_panels_recover(
     await until("replica A never reached the restarted cluster", invalidated)
     frame = await next_frame(ws, "panel", timeout=5.0)
     assert frame["partnerId"] == "C1001"
-    assert await app_a[AUDIT].replay_spool() in (0, 1)  # the replayer may have been first
+    assert await app_a[COMPANIES].default.audit.replay_spool() in (0, 1)  # the replayer may have been first
     entries = await app_a[REDIS].xrange(app_a[KEYS].audit_stream)
     assert [fields["id"] for _id, fields in entries] == [record(3).id]
     await ws.close()

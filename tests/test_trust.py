@@ -188,7 +188,7 @@ def test_only_partner_id_and_uid_can_be_trusted(make_settings: Callable[..., Set
 async def test_a_disagreeing_unsigned_key_is_counted(client: TestClient[Any, Any]) -> None:
     await page(client, url(Surface.CALL, {"uphone": "13800000001", "partnerId": "C1002"}))
     metrics = await (await client.get("/metrics")).text()
-    assert 'panel_unsigned_disagreements_total{field="partnerId",surface="call"} 1.0' in metrics
+    assert 'panel_unsigned_disagreements_total{field="partnerId",surface="call",tenant=""} 1.0' in metrics
 
 
 async def test_a_send_from_a_panel_without_a_verified_customer_names_no_customer(client: TestClient[Any, Any]) -> None:
@@ -217,7 +217,7 @@ async def test_sobots_previous_key_is_accepted_and_counted_during_a_rotation(
     new_policy = SignPolicy(sys_num=SYSNUM, secret="new-key", wecom_secret=None)
     assert ZHANG in await page(client, url(Surface.WORKBENCH, {"partnerId": "C1001"}, policy=new_policy))
     metrics = await (await client.get("/metrics")).text()
-    assert "panel_sign_previous_secret_total 1.0" in metrics
+    assert 'panel_sign_previous_secret_total{tenant=""} 1.0' in metrics
     other = SignPolicy(sys_num=SYSNUM, secret="some-other-key", wecom_secret=None)
     assert (await client.get(url(Surface.WORKBENCH, {"partnerId": "C1001"}, policy=other))).status == 403
 
@@ -238,13 +238,13 @@ async def test_a_rotated_session_key_keeps_open_panels(
 async def test_renewal_never_passes_the_sessions_absolute_end(
     aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
 ) -> None:
-    from sobot_panel.appkeys import CORE
+    from sobot_panel.appkeys import COMPANIES
 
     client = await aiohttp_client(create_app(make_settings(session_ttl=60, session_max_age=90)))
     token = boot_of(await page(client, url(Surface.WORKBENCH, {"partnerId": "C1001"})))["token"]
     app = client.server.app
     assert app is not None
-    core = app[CORE]
+    core = app[COMPANIES].default.core
     claims = core.session(token)
     assert claims.expires_ms - claims.born_ms == 60_000
     now = claims.born_ms

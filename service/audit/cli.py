@@ -44,6 +44,7 @@ from ..clock import CHINA_TZ
 from ..redis import REDIS_DOWN, RedisClient, connect_any, keys_for
 from ..redis.keys import Keys
 from ..settings import Settings, describe_error, load_settings
+from ..tenants.config import NAME
 from .reader import AuditReader, Entry, iter_range, parse_time_bound
 from .record import FIELD_ORDER, schema_text
 
@@ -100,6 +101,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _add_filters(parser: argparse.ArgumentParser, *, kinds: bool) -> None:
+    tenant_help = "a company of PANEL_TENANTS (its own stream, panel:NAME:audit); default: the single company"
+    parser.add_argument("--tenant", default="", metavar="NAME", help=tenant_help)
     if kinds:
         parser.add_argument("--kind", action="append", choices=KINDS, help="only this kind (repeatable)")
     parser.add_argument("--agent", action="append", help="only this agent (repeatable)")
@@ -167,7 +170,7 @@ async def _tail_main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    redis, keys = _connect(settings)
+    redis, keys = _connect(settings, args.tenant)
     try:
         reader = AuditReader(
             redis, keys, args.group, args.consumer or f"{socket.gethostname()}-{os.getpid()}",
@@ -184,11 +187,20 @@ async def _tail_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect(settings: Settings) -> tuple[RedisClient, Keys]:
-    """The client and key names the service itself uses for these settings (Cluster keys hash-tagged)."""
+def _connect(settings: Settings, tenant: str = "") -> tuple[RedisClient, Keys]:
+    """The client and key names the service itself uses for these settings (Cluster keys hash-tagged), for
+    the single company or, with `tenant`, for that company of PANEL_TENANTS."""
     url = redis_url(settings)
+    keys = keys_for(settings.redis_prefix, url, cluster=settings.redis_cluster)
+    if tenant:
+        if not NAME.match(tenant):
+            raise CliError(f"--tenant {tenant!r}: a tenant name is lower-case letters, digits and '-'", 2)
+        try:
+            keys = keys.for_tenant(tenant)
+        except ValueError as error:
+            raise CliError(f"--tenant: {error}", 2) from None
     client = connect_any(url, cluster=settings.redis_cluster, tls_ca=settings.redis_tls_ca)
-    return client, keys_for(settings.redis_prefix, url, cluster=settings.redis_cluster)
+    return client, keys
 
 
 async def tail(
@@ -228,7 +240,7 @@ async def _export_main(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CliError(str(error), 2) from None
     settings = _load_settings()
-    redis, keys = _connect(settings)
+    redis, keys = _connect(settings, args.tenant)
     encoding = "utf-8-sig" if args.format == "csv" else "utf-8"
     accept: Callable[[dict[str, str]], bool] = lambda fields: matches(fields, args)  # noqa: E731
     try:

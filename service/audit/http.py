@@ -20,9 +20,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..appkeys import KEYS, REDIS, SETTINGS
+from ..appkeys import REDIS
 from ..errors import Code, QueryError, TokenError, Unavailable
 from ..redis import REDIS_DOWN
+from ..tenants.company import Company
+from ..tenants.routing import company_of
 from .reader import Entry, read_page
 
 DEFAULT_LIMIT = 100
@@ -32,9 +34,9 @@ KINDS = ("ticket", "order_card", "goods_card")
 _CURSOR = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 
 
-def _authorized(request: web.Request) -> None:
-    settings = request.app[SETTINGS]
-    tokens = [token.get_secret_value() for token in (settings.api_token, settings.ops_token) if token is not None]
+def _authorized(request: web.Request, company: Company) -> None:
+    config = company.config
+    tokens = [token.get_secret_value() for token in (config.api_token, config.ops_token) if token is not None]
     if not tokens:
         raise Unavailable(Code.API_TOKEN_NOT_CONFIGURED)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -67,7 +69,8 @@ def entry_json(entry: Entry) -> dict[str, Any]:
 
 
 async def audit_api(request: web.Request) -> web.Response:
-    _authorized(request)
+    company = company_of(request)  # a company's records, through that company's own tokens only
+    _authorized(request, company)
     since, until = _ms(request, "since"), _ms(request, "until")
     kinds = request.query.getall("kind", [])
     if any(kind not in KINDS for kind in kinds):
@@ -88,7 +91,7 @@ async def audit_api(request: web.Request) -> web.Response:
             and (not partners or fields.get("partner_id") in partners)
         )
 
-    redis, keys = request.app[REDIS], request.app[KEYS]
+    redis, keys = request.app[REDIS], company.keys
     try:
         page = await read_page(redis, keys, start, end, accept, limit=limit, scan_budget=SCAN_BUDGET)
     except REDIS_DOWN as error:

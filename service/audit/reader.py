@@ -9,6 +9,7 @@ for exports. `update_metrics` refreshes the audit gauges for /metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -352,15 +353,21 @@ async def oldest_unacked_ages(redis: RedisClient, keys: Keys, now: int | None = 
 
 
 async def update_metrics(
-    metrics: Metrics, redis: RedisClient, keys: Keys, spool: Spool | None = None, hard_maxlen: int | None = None
+    metrics: Metrics,
+    redis: RedisClient,
+    keys: Keys,
+    spool: Spool | None = None,
+    hard_maxlen: int | None = None,
+    *,
+    tenant: str = "",
 ) -> None:
-    """Refresh the audit gauges (call it from /metrics). The spool is shared by the workers of a host,
-    so each worker reports the whole directory: aggregate spool gauges with max(), not sum()."""
+    """Refresh one company's audit gauges (call it from /metrics). The spool is shared by the workers of a
+    host, so each worker reports the whole directory: aggregate spool gauges with max(), not sum()."""
     spooled = await spool_stats(spool)
-    metrics.audit_spool_records.set(spooled["records"])
-    metrics.audit_spool_bytes.set(spooled["bytes"])
+    metrics.audit_spool_records.labels(tenant).set(spooled["records"])
+    metrics.audit_spool_bytes.labels(tenant).set(spooled["bytes"])
     if hard_maxlen is not None:
-        metrics.audit_hard_maxlen.set(hard_maxlen)
+        metrics.audit_hard_maxlen.labels(tenant).set(hard_maxlen)
     try:
         stats = await stream_stats(redis, keys)
         ages = await oldest_unacked_ages(redis, keys)
@@ -368,17 +375,20 @@ async def update_metrics(
         metrics.redis_up.set(0)
         return  # the stream gauges keep their last values; panel_redis_up says why
     metrics.redis_up.set(1)
-    metrics.audit_stream_length.set(stats["length"])
-    metrics.audit_dead_letter_length.set(stats["dead_letter_length"])
-    metrics.audit_group_pending.clear()
-    metrics.audit_group_lag.clear()
-    metrics.audit_group_oldest_unacked.clear()
+    metrics.audit_stream_length.labels(tenant).set(stats["length"])
+    metrics.audit_dead_letter_length.labels(tenant).set(stats["dead_letter_length"])
+    names = {group["name"] for group in stats["groups"]} | set(ages)
+    for gone in metrics.audit_groups_reported.get(tenant, set()) - names:  # a group deleted stops being reported
+        for gauge in (metrics.audit_group_pending, metrics.audit_group_lag, metrics.audit_group_oldest_unacked):
+            with contextlib.suppress(KeyError):
+                gauge.remove(gone, tenant)
+    metrics.audit_groups_reported[tenant] = names
     for name, age in ages.items():
-        metrics.audit_group_oldest_unacked.labels(name).set(age)
+        metrics.audit_group_oldest_unacked.labels(name, tenant).set(age)
     for group in stats["groups"]:
-        metrics.audit_group_pending.labels(group["name"]).set(group["pending"])
+        metrics.audit_group_pending.labels(group["name"], tenant).set(group["pending"])
         if group["lag"] is not None:
-            metrics.audit_group_lag.labels(group["name"]).set(group["lag"])
+            metrics.audit_group_lag.labels(group["name"], tenant).set(group["lag"])
 
 
 # --- pages for the HTTP API ----------------------------------------------------------------------

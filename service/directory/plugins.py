@@ -23,13 +23,22 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "sobot_panel.directories"
 
 
-def load_directory(settings: Settings, on_call: OnCall | None = None) -> Directory:
-    """The directory the settings ask for: plugin, then `PANEL_DIRECTORY_URL`, then the sample."""
-    if settings.directory_plugin:
-        return _load_plugin(settings.directory_plugin, settings)
-    if settings.directory_url:
-        token = settings.directory_token.get_secret_value() if settings.directory_token else None
-        return HttpDirectory(settings.directory_url, token, settings.directory_timeout, on_call)
+def load_directory(
+    *,
+    plugin: str | None,
+    url: str | None,
+    token: str | None,
+    timeout_s: float,
+    settings: Settings,
+    on_call: OnCall | None = None,
+) -> Directory:
+    """The directory a company asks for: its plugin, then its customer API's URL, then the sample.
+
+    A plugin's factory is handed the deployment's settings (`make_directory(settings)`)."""
+    if plugin:
+        return _load_plugin(plugin, settings)
+    if url:
+        return HttpDirectory(url, token, timeout_s, on_call)
     return SampleDirectory()
 
 

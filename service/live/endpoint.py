@@ -15,12 +15,16 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from ..appkeys import CORE, HUB, SETTINGS
+from ..appkeys import HUB, SETTINGS
 from ..errors import Code, PanelError, TokenError
-from ..i18n import Lang, pick_lang
+from ..i18n import Lang
+from ..panel.core import PanelCore
+from ..panel.pages import request_lang
 from ..protocol.security import origin_allowed
 from ..protocol.surfaces import Surface, View
 from ..protocol.tokens import SessionClaims
+from ..tenants.company import Company
+from ..tenants.routing import company_of
 from .frames import (
     CLOSE_HELLO_EXPECTED,
     CLOSE_HELLO_TIMEOUT,
@@ -42,7 +46,7 @@ MAX_FRAME_BYTES = 16 * 1024
 HEARTBEAT_S = 25.0
 
 
-def _origin_ok(request: web.Request) -> bool:
+def _origin_ok(request: web.Request, origins: list[str]) -> bool:
     """The socket is opened by our own page, so its Origin is ours (or a configured public URL)."""
     origin = request.headers.get("Origin")
     if origin is None:
@@ -53,7 +57,7 @@ def _origin_ok(request: web.Request) -> bool:
     candidates = {own, settings.base_url}
     if forwarded:
         candidates.add(f"{forwarded}://{request.host}")
-    return origin in candidates or origin_allowed(origin, settings.origin_patterns)
+    return origin in candidates or origin_allowed(origin, origins)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -61,12 +65,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     hub = app[HUB]
     if hub.closing:
         raise web.HTTPServiceUnavailable(text="shutting down", headers={"Retry-After": "1"})
-    if not _origin_ok(request):
+    company = company_of(request)
+    if not _origin_ok(request, company.config.host_origins.split()):
         raise web.HTTPForbidden(text="origin not allowed")
-    lang = pick_lang(request.query.get("lang"), request.headers.get("Accept-Language"))
+    lang = request_lang(request, company.default_lang)
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES * 4)
     await ws.prepare(request)
-    conn = await _greet(app, hub, ws, lang)
+    conn = await _greet(app, hub, ws, lang, company)
     if conn is None:
         return ws
     try:
@@ -81,7 +86,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _greet(app: web.Application, hub: LiveHub, ws: web.WebSocketResponse, lang: Lang) -> Connection | None:
+async def _greet(
+    app: web.Application, hub: LiveHub, ws: web.WebSocketResponse, lang: Lang, company: Company
+) -> Connection | None:
     """The connection the first frame (a hello with a live session token) opens, else the socket closed
     with a code that says why."""
     try:
@@ -97,7 +104,7 @@ async def _greet(app: web.Application, hub: LiveHub, ws: web.WebSocketResponse, 
         await ws.close(code=CLOSE_HELLO_EXPECTED, message=b"the first frame must be a hello")
         return None
     try:
-        claims = app[CORE].session(hello.token)
+        claims = company.core.session(hello.token)  # another company's token is refused here
         surface = Surface(claims.surface)
     except TokenError as error:
         await ws.close(code=CLOSE_SESSION_ENDED, message=error.code.encode())
@@ -105,7 +112,7 @@ async def _greet(app: web.Application, hub: LiveHub, ws: web.WebSocketResponse, 
     except ValueError:
         await ws.close(code=CLOSE_SESSION_ENDED, message=Code.TOKEN_INVALID.value.encode())
         return None
-    conn = Connection(ws=ws, surface=surface, lang=lang, claims=claims, view=_view(hello.view),
+    conn = Connection(ws=ws, surface=surface, lang=lang, claims=claims, company=company.name, view=_view(hello.view),
                       partner_id=claims.partner_id, session=session_key(claims, hello.token))  # fmt: skip
     if not hub.add(conn, max_per_session=app[SETTINGS].ws_per_session):
         await ws.close(code=CLOSE_TOO_MANY_SOCKETS, message=b"too many sockets for this session")
@@ -140,11 +147,19 @@ def _view(name: str | None) -> View | None:
         return None
 
 
+def _core(hub: LiveHub, conn: Connection) -> PanelCore:
+    """The panel core of the connection's company; a company no longer served ends the session."""
+    company = hub.company(conn.company)
+    if company is None:
+        raise TokenError(Code.TOKEN_INVALID)
+    return company.core
+
+
 async def on_selected(app: web.Application, hub: LiveHub, conn: Connection, frame: SelectedFrame) -> None:
     conn.view = _view(frame.view)
     async with conn.lock:
         try:
-            context = app[CORE].verify_fields(conn.surface, selected_fields(frame))
+            context = _core(hub, conn).verify_fields(conn.surface, selected_fields(frame))
             if conn.claims.agent and context.agent and context.agent != conn.claims.agent:
                 raise PanelError(Code.AGENT_MISMATCH)
             await hub.push_panel(conn, context, frame.id, signed_now=True)
@@ -160,7 +175,8 @@ async def on_resync(app: web.Application, hub: LiveHub, conn: Connection, frame:
 async def on_ping(app: web.Application, hub: LiveHub, conn: Connection, frame: PingFrame) -> None:
     """A pong; past half its life the session is renewed, so a long-lived panel never holds a dead token."""
     pong: dict[str, Any] = {"type": "pong"}
-    renewed = app[CORE].renewed(conn.claims)
+    company = hub.company(conn.company)
+    renewed = company.core.renewed(conn.claims) if company is not None else None
     if renewed is not None:
         conn.claims, pong["token"] = renewed
     await conn.send(pong)

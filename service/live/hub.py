@@ -3,9 +3,11 @@ fan-out that refreshes them.
 
 Each replica listens on a customer's channel while it has sockets showing that customer, so an
 invalidation reaches only the replicas that need it: one listener per indexed socket, and the pub/sub
-reader (`sobot_panel.redis.pubsub`) subscribes on the first and unsubscribes on the last. Pub/sub is at
-most once: refreshes published while the reader is away are lost, so after every reconnect the hub
-resynchronises its panels (a push identical to what a panel shows changes nothing there).
+reader (`sobot_panel.redis.pubsub`) subscribes on the first and unsubscribes on the last. One reader serves
+every company: a company's channels carry its key prefix, so the router hands each message to the hub with
+the company it belongs to. Pub/sub is at most once: refreshes published while the reader is away are
+lost, so after every reconnect the hub resynchronises its panels (a push identical to what a panel shows
+changes nothing there).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, web
 
@@ -27,8 +29,8 @@ from ..panel.core import PanelCore
 from ..protocol.security import TokenBucket
 from ..protocol.surfaces import Surface, SurfaceContext, View
 from ..protocol.tokens import SessionClaims
-from ..redis import Keys, RedisClient
-from ..redis.pubsub import PubSubReader
+from ..redis import Keys
+from ..redis.pubsub import PubSubReader, Router
 from .frames import FrameId, compact
 
 log = logging.getLogger(__name__)
@@ -40,10 +42,12 @@ class Connection:
     surface: Surface
     lang: Lang
     claims: SessionClaims
+    company: str = ""  # the company whose panel this is ("" for the single-company settings)
     view: View | None = None
     partner_id: str = ""  # the customer shown
     session: str = ""  # the session this socket belongs to (the per-session cap counts these)
     watching: str = ""  # the customer this connection is indexed (and listens) under; the hub's business
+    watching_channel: str = ""  # that customer's channel (of this connection's company)
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(rate=5.0, burst=20.0))
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -54,28 +58,63 @@ class Connection:
             await self.ws.send_str(compact(frame))
 
 
-class LiveHub:
-    """Open panels of this replica, indexed by the customer they show; refreshed through one pub/sub reader."""
+class Company(Protocol):
+    """What the hub needs of a company (`sobot_panel.tenants.company.Company`)."""
 
-    def __init__(self, *, redis: RedisClient, keys: Keys, core: PanelCore, catalog: Catalog, metrics: Metrics) -> None:
-        self._keys = keys
-        self._core = core
+    name: str
+    keys: Keys
+    core: PanelCore
+
+
+class LiveHub:
+    """Open panels of this replica, indexed by the company and customer they show."""
+
+    def __init__(self, *, reader: PubSubReader, router: Router, catalog: Catalog, metrics: Metrics) -> None:
         self._catalog = catalog
         self._metrics = metrics
-        self.by_partner: dict[str, set[Connection]] = {}
+        self.subscriber = reader  # the deployment's one pub/sub reader (shared with the ops feeds)
+        self._router = router
+        self._companies: dict[str, Company] = {}
+        self.by_partner: dict[tuple[str, str], set[Connection]] = {}
         self.connections: set[Connection] = set()
         self.per_session: Counter[str] = Counter()
         self.closing = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._partner_prefix = keys.partner_channel("")
-        # Subscribed to a customer's channel while at least one socket here shows that customer.
-        self.subscriber = PubSubReader(
-            redis,
-            name="live hub",
-            fixed=[keys.invalidations_channel],
-            on_message=self._on_message,
-            on_connect=self._on_connect,
-        )
+        router.on_connect(self, self._on_connect)
+
+    # companies -----------------------------------------------------------------------------
+
+    def attach(self, company: Company) -> None:
+        """Serve a company's panels: hear its invalidations and the channels of the customers it shows.
+        Attaching a company by a name already attached replaces it (a reload): its open panels stay."""
+        old = self._companies.get(company.name)
+        self._companies[company.name] = company
+        if old is not None and old.keys == company.keys:
+            return
+        if old is not None:
+            self._forget_channels(old)
+        keys = company.keys
+        self._router.on_channel(keys.invalidations_channel, lambda _, data: company.core.cache.drop_local(data))
+        prefix = keys.partner_channel("")
+        self._router.on_prefix(prefix, lambda channel, _: self._refresh_later(company.name, channel[len(prefix) :]))
+        self.subscriber.listen(keys.invalidations_channel)
+
+    async def detach(self, name: str) -> None:
+        """A company that is no longer served: its panels are closed (they reconnect and learn it is gone)."""
+        company = self._companies.pop(name, None)
+        if company is None:
+            return
+        self._forget_channels(company)
+        doomed = [conn for conn in self.connections if conn.company == name]
+        await asyncio.gather(*(conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"company removed")
+                               for conn in doomed), return_exceptions=True)  # fmt: skip
+
+    def _forget_channels(self, company: Company) -> None:
+        self._router.forget(company.keys.invalidations_channel, company.keys.partner_channel(""))
+        self.subscriber.unlisten(company.keys.invalidations_channel)
+
+    def company(self, name: str) -> Company | None:
+        return self._companies.get(name)
 
     # registry ------------------------------------------------------------------------------
 
@@ -102,21 +141,24 @@ class LiveHub:
     def _watch(self, conn: Connection, partner_id: str) -> None:
         """Index the connection under the customer it shows; one pub/sub listener per indexed connection."""
         conn.partner_id = partner_id
-        if partner_id and conn not in self.connections:
+        company = self._companies.get(conn.company)
+        if partner_id and (conn not in self.connections or company is None):
             partner_id = ""  # a closed socket is never indexed again (a push may finish after it closed)
         if conn.watching == partner_id:
             return
         if conn.watching:
-            watchers = self.by_partner.get(conn.watching)
+            key = (conn.company, conn.watching)
+            watchers = self.by_partner.get(key)
             if watchers is not None:
                 watchers.discard(conn)
                 if not watchers:
-                    del self.by_partner[conn.watching]
-            self.subscriber.unlisten(self._keys.partner_channel(conn.watching))
-        conn.watching = partner_id
-        if partner_id:
-            self.by_partner.setdefault(partner_id, set()).add(conn)
-            self.subscriber.listen(self._keys.partner_channel(partner_id))
+                    del self.by_partner[key]
+            self.subscriber.unlisten(conn.watching_channel)
+        conn.watching, conn.watching_channel = partner_id, ""
+        if partner_id and company is not None:
+            conn.watching_channel = company.keys.partner_channel(partner_id)
+            self.by_partner.setdefault((conn.company, partner_id), set()).add(conn)
+            self.subscriber.listen(conn.watching_channel)
 
     # pushing -------------------------------------------------------------------------------
 
@@ -126,9 +168,10 @@ class LiveHub:
         """Render this context for the connection and push it, with the session renewed for what it shows.
 
         `signed_now`: the context was verified just now (a relayed `selected`), not re-read from the token."""
-        if context is None:
+        company = self._companies.get(conn.company)
+        if context is None or company is None:
             return
-        panel = await self._core.build(
+        panel = await company.core.build(
             conn.surface, context, conn.lang, conn.view, session=conn.claims, signed_now=signed_now
         )
         conn.claims = panel.claims
@@ -141,10 +184,12 @@ class LiveHub:
         await conn.send({"type": "error", "id": frame_id, "code": error.code, "field": error.field,
                          "message": message})  # fmt: skip
 
-    async def refresh_partner(self, partner_id: str) -> None:
-        """Re-render every panel of this replica that shows this customer."""
-        self._core.cache.drop_local(partner_id)
-        for conn in list(self.by_partner.get(partner_id, ())):
+    async def refresh_partner(self, company_name: str, partner_id: str) -> None:
+        """Re-render every panel of this replica that shows this company's customer."""
+        company = self._companies.get(company_name)
+        if company is not None:
+            company.core.cache.drop_local(partner_id)
+        for conn in list(self.by_partner.get((company_name, partner_id), ())):
             await self.resync(conn, None)
 
     async def refresh_all(self) -> None:
@@ -152,26 +197,19 @@ class LiveHub:
             await self.resync(conn, None)
 
     async def resync(self, conn: Connection, frame_id: FrameId) -> None:
+        company = self._companies.get(conn.company)
+        if company is None:
+            return
         async with conn.lock:
             try:
-                await self.push_panel(conn, self._core.context_of(conn.claims), frame_id, signed_now=False)
+                await self.push_panel(conn, company.core.context_of(conn.claims), frame_id, signed_now=False)
             except PanelError as error:
                 await self.send_error(conn, error, frame_id)
 
     # pub/sub -------------------------------------------------------------------------------
 
-    async def listen(self) -> None:
-        """Run the pub/sub reader until `stop()`: it survives Redis restarts (see `PubSubReader`)."""
-        await self.subscriber.run()
-
-    def stop(self) -> None:
-        self.subscriber.stop()
-
-    def _on_message(self, channel: str, data: str) -> None:
-        if channel == self._keys.invalidations_channel:
-            self._core.cache.drop_local(data)
-        elif channel.startswith(self._partner_prefix):
-            self._spawn(self.refresh_partner(channel[len(self._partner_prefix) :]))
+    def _refresh_later(self, company_name: str, partner_id: str) -> None:
+        self._spawn(self.refresh_partner(company_name, partner_id))
 
     async def _on_connect(self, reconnected: bool) -> None:
         """After a reconnect every panel is re-rendered: a refresh published while we were away is lost."""

@@ -35,7 +35,7 @@ from urllib.parse import urlencode
 import aiohttp_jinja2
 from aiohttp import web
 
-from ..appkeys import CATALOG, KEYS, OPS_FEED, REDIS, SETTINGS, TICKET_FIELDS
+from ..appkeys import CATALOG, COMPANY, REDIS, SETTINGS
 from ..audit.reader import stream_stats
 from ..clock import china_time, now_ms
 from ..errors import Code, NotFound, PanelError, TokenError, Unavailable
@@ -44,6 +44,8 @@ from ..panel.pages import error_response, request_lang
 from ..panel.rendering import script_json
 from ..redis import REDIS_DOWN, RedisClient
 from ..redis.keys import Keys
+from ..tenants.company import Company
+from ..tenants.routing import company_of
 from .counters import (
     MINUTE_MS,
     STREAM_ID,
@@ -91,12 +93,12 @@ def _cookie_ok(key: str, token: str, value: str, now_s: int) -> bool:
     return hmac.compare_digest(mac.encode("ascii", "replace"), _mac(key, token, int(expires)).encode())
 
 
-def authorize(request: web.Request) -> str:
-    """How the request proved the ops token: "header", "query" or "cookie"; else 503 / 401."""
+def authorize(request: web.Request, company: Company) -> str:
+    """How the request proved the company's ops token: "header", "query" or "cookie"; else 503 / 401."""
     settings = request.app[SETTINGS]
-    if settings.ops_token is None:
+    if company.config.ops_token is None:
         raise Unavailable(Code.OPS_TOKEN_NOT_CONFIGURED)
-    token = settings.ops_token.get_secret_value()
+    token = company.config.ops_token.get_secret_value()
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
         return "header"
@@ -109,16 +111,18 @@ def authorize(request: web.Request) -> str:
     raise TokenError(Code.OPS_TOKEN_INVALID)
 
 
-def _login(request: web.Request) -> web.Response:
+def _login(request: web.Request, company: Company) -> web.Response:
     """After `?token=`: keep the login in a cookie and send the browser to the same page without the token."""
     settings = request.app[SETTINGS]
-    assert settings.ops_token is not None and settings.session_key is not None
+    assert company.config.ops_token is not None and settings.session_key is not None
     expires = int(time.time()) + COOKIE_TTL_S
-    cookie = session_cookie(settings.session_key.get_secret_value(), settings.ops_token.get_secret_value(), expires)
+    token = company.config.ops_token.get_secret_value()
+    cookie = session_cookie(settings.session_key.get_secret_value(), token, expires)
     query = {name: value for name, value in request.query.items() if name != "token"}
     response = web.Response(status=303, headers={"Location": str(request.rel_url.with_query(query))})
     secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
-    response.set_cookie(COOKIE, cookie, max_age=COOKIE_TTL_S, path="/ops", httponly=True, samesite="Strict",
+    response.set_cookie(COOKIE, cookie, max_age=COOKIE_TTL_S, path=f"{company.base}/ops", httponly=True,
+                        samesite="Strict",
                         secure=secure)  # fmt: skip
     return response
 
@@ -143,8 +147,9 @@ def guarded(handler: OpsHandler, *, page: bool) -> OpsHandler:
     async def wrapper(request: web.Request) -> web.StreamResponse:
         try:
             try:
-                if authorize(request) == "query" and page:
-                    return _login(request)
+                company = company_of(request)
+                if authorize(request, company) == "query" and page:
+                    return _login(request, company)
                 response = await handler(request)
             except REDIS_DOWN as error:
                 raise Unavailable(Code.REDIS_UNAVAILABLE) from error
@@ -240,7 +245,9 @@ def _filters(request: web.Request) -> Filters:
 
 async def dashboard(request: web.Request) -> web.StreamResponse:
     app = request.app
-    redis, keys = app[REDIS], app[KEYS]
+    company = request[COMPANY]
+    redis, keys = app[REDIS], company.keys
+    home = f"{company.base}/ops"
     filters = _filters(request)
     before = request.query.get("before", "")
     before = before if STREAM_ID.match(before) else ""
@@ -256,6 +263,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     texts = ("live_open", "live_retry", "live_paused", "view", "chart_desc", "chart_desc_empty", "group_state")
     boot = {
         "lang": lang, "since": recent.newest, "live": not before, "langSuffix": _href("", lang=shown),
+        "base": company.base,
         "filters": {"agent": filters.agent, "customer": filters.customer, "kind": filters.kind},
         "kinds": {kind: catalog.text(f"ops_kind_{kind}", lang) for kind in KINDS},
         "text": {code: catalog.text(f"ops_{code}", lang) for code in texts},
@@ -268,25 +276,26 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         scan_max=FILTER_SCAN_MAX, minute_chart=bar_chart(summary.minutes, MINUTE_MS),
         hour_chart=bar_chart(summary.hours, 60 * MINUTE_MS, width=470, tick_every=4, time_format="%H:00"),
         generated=china_time(at, "%Y-%m-%d %H:%M:%S"), query_lang=query_lang,
-        lang_href=_href("/ops", **keep, before=before, lang="en" if lang == "zh" else "zh"),
-        clear_href=_href("/ops", lang=shown), newest_href=_href("/ops", **keep, lang=shown),
-        older_href=_href("/ops", **keep, before=recent.older, lang=shown),
-        lang_suffix=boot["langSuffix"],
+        lang_href=_href(home, **keep, before=before, lang="en" if lang == "zh" else "zh"),
+        clear_href=_href(home, lang=shown), newest_href=_href(home, **keep, lang=shown),
+        older_href=_href(home, **keep, before=recent.older, lang=shown),
+        lang_suffix=boot["langSuffix"], home=home,
     )  # fmt: skip
 
 
 async def entry_detail(request: web.Request) -> web.StreamResponse:
     app = request.app
+    company = request[COMPANY]
     entry_id = request.match_info["entry_id"]
     page: list[Any] = []
     if STREAM_ID.match(entry_id):
-        page = await app[REDIS].xrange(app[KEYS].audit_stream, min=entry_id, max=entry_id, count=1) or []
+        page = await app[REDIS].xrange(company.keys.audit_stream, min=entry_id, max=entry_id, count=1) or []
     if not page:
         raise NotFound(Code.OPS_ENTRY_NOT_FOUND, entry_id=entry_id[:40])
     fields = {str(k): str(v) for k, v in (page[0][1] or {}).items()}
     message, card = decode_payload(fields.get("payload", ""))
     labels = {f.id: (f.label_en or f.label if request_lang(request) == "en" else f.label)
-              for f in app[TICKET_FIELDS]}  # fmt: skip
+              for f in company.ticket_fields}  # fmt: skip
     try:
         raw = json.dumps(json.loads(fields.get("payload", "")), ensure_ascii=False, indent=2)
     except ValueError:
@@ -295,13 +304,13 @@ async def entry_detail(request: web.Request) -> web.StreamResponse:
         request, "ops_entry.html", entry_id=entry_id, fields=fields, item=feed_item(entry_id, fields),
         message=message, card=card, labels=labels, raw=raw, china_time=china_time,
         card_json=json.dumps(card, ensure_ascii=False, indent=2) if card else "",
-        back_href=_href("/ops", lang=request.query.get("lang", "") and request_lang(request)),
+        back_href=_href(f"{company.base}/ops", lang=request.query.get("lang", "") and request_lang(request)),
     )  # fmt: skip
 
 
 async def api_summary(request: web.Request) -> web.StreamResponse:
     app = request.app
-    redis, keys = app[REDIS], app[KEYS]
+    redis, keys = app[REDIS], request[COMPANY].keys
     summary = await read_summary(redis, keys, now_ms())
     stats = await stream_stats(redis, keys)
     group = next((g for g in stats["groups"] if g["name"] == GROUP), None)
@@ -311,8 +320,9 @@ async def api_summary(request: web.Request) -> web.StreamResponse:
 async def feed(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: `event: send` per counted entry, a comment every 15 s, closed at shutdown."""
     app = request.app
-    hub = app[OPS_FEED]
-    if hub.closing:
+    company = request[COMPANY]
+    hub = company.feed
+    if hub is None or hub.closing:
         raise web.HTTPServiceUnavailable(text="shutting down", headers={"Retry-After": "1"})
     since = request.headers.get("Last-Event-ID") or request.query.get("since", "")
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
@@ -325,7 +335,7 @@ async def feed(request: web.Request) -> web.StreamResponse:
         backfilled: set[str] = set()
         if STREAM_ID.match(since):
             with contextlib.suppress(*REDIS_DOWN):
-                page = await app[REDIS].xrange(app[KEYS].audit_stream, min=f"({since}",
+                page = await app[REDIS].xrange(company.keys.audit_stream, min=f"({since}",
                                                       count=BACKFILL_MAX)  # fmt: skip
                 for entry_id, data in frames_of(page):
                     await response.write(data)

@@ -18,7 +18,7 @@ from typing import Any
 from ..audit.reader import AuditReader, Entry
 from ..redis import REDIS_DOWN, RedisClient
 from ..redis.keys import Keys
-from ..redis.pubsub import PubSubReader
+from ..redis.pubsub import PubSubReader, Router
 from .counters import (
     bucket_fields,
     entry_minute,
@@ -154,20 +154,34 @@ class OpsFeed:
     so a Redis restart leaves no gap; entries that then arrive by pub/sub as well are passed on once.
     """
 
-    def __init__(self, redis: RedisClient, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, reader: PubSubReader, router: Router) -> None:
         self._redis = redis
         self._keys = keys
         self.clients: set[asyncio.Queue[Frame | None]] = set()
         self.closing = False
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._newest = (-1, -1)
-        self.reader = PubSubReader(
-            redis, name="ops feed", fixed=[feed_channel(keys)], on_message=self._on_message, on_connect=self._catch_up
-        )
+        self.channel = feed_channel(keys)
+        self.reader = reader  # the deployment's one pub/sub reader, shared with the live hub
+        self._router = router
+        self._started: asyncio.Task[None] | None = None
+
+    def attach(self) -> None:
+        """Start hearing the feed channel through the shared reader (and catching up after its reconnects)."""
+        self._router.on_channel(self.channel, self._on_message)
+        self._router.on_connect(self, self._catch_up)
+        self.reader.listen(self.channel)
+        if self.reader.connected.is_set():  # already connected: start from the newest entry there is now
+            self._started = asyncio.get_running_loop().create_task(self._catch_up(False))
+
+    def detach(self) -> None:
+        self.reader.unlisten(self.channel)
+        self._router.forget(self.channel)
+        self._router.forget_owner(self)
 
     @property
     def subscribed(self) -> asyncio.Event:
-        """Set while the listener is subscribed; tests wait on it."""
+        """Set while the shared reader is subscribed; tests wait on it."""
         return self.reader.connected
 
     def join(self) -> asyncio.Queue[Frame | None]:
@@ -198,13 +212,6 @@ class OpsFeed:
     def close_all(self) -> None:
         self.closing = True
         self.deliver(None)
-
-    def stop(self) -> None:
-        self.reader.stop()
-
-    async def listen(self) -> None:
-        """Subscribe and fan out until stopped; the reader reconnects after a lost connection."""
-        await self.reader.run()
 
     def _on_message(self, channel: str, data: str) -> None:
         with contextlib.suppress(ValueError, TypeError, KeyError):

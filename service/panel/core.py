@@ -17,7 +17,7 @@ from typing import Any
 from ..clock import now_ms
 from ..directory.cache import CacheResult, CustomerCache
 from ..directory.models import Customer, UpstreamError
-from ..errors import Code, SignError, Unavailable
+from ..errors import Code, SignError, TokenError, Unavailable
 from ..i18n import Lang
 from ..observability import Metrics
 from ..protocol.signing import SignMode, SignPolicy, sign_mode, verify_sign
@@ -89,6 +89,7 @@ class PanelCore:
         session_max_age_s: int,
         boot: dict[str, Any],
         trusted_unsigned: frozenset[str] = frozenset(),
+        tenant: str = "",
     ) -> None:
         self.signer = signer
         self.cache = cache
@@ -96,6 +97,7 @@ class PanelCore:
         self.tokens = tokens
         self._metrics = metrics
         self._trusted = trusted_unsigned
+        self.tenant = tenant  # whose sessions these are: a token of another company is never accepted
         self._ttl_ms = session_ttl_s * 1000
         self._max_age_ms = session_max_age_s * 1000
         self._boot = boot  # deployment-wide boot data (origins, card format, ...)
@@ -109,10 +111,11 @@ class PanelCore:
         try:
             mode = verify_sign(surface, context.fields, self.signer.policy, now_ms())
         except SignError as error:
-            self._metrics.sign_failures.labels(error.code).inc()
+            self._metrics.sign_failures.labels(error.code, self.tenant).inc()
             raise
         if mode is SignMode.SECRET_PREVIOUS:
-            self._metrics.previous_secret_signs.inc()  # the rotation is not over while this still counts
+            # the rotation is not over while this still counts
+            self._metrics.previous_secret_signs.labels(self.tenant).inc()
         return context
 
     def verify_query(self, surface: Surface, raw_query: str) -> SurfaceContext:
@@ -154,13 +157,13 @@ class PanelCore:
             result = await self.cache.get(selection.keys)
         except UpstreamError as error:
             raise Unavailable(Code.UPSTREAM_UNAVAILABLE) from error
-        self._metrics.cache_lookups.labels(result.source).inc()
+        self._metrics.cache_lookups.labels(result.source, self.tenant).inc()
         if result.customer is None:
             return Lookup(selection, result, verified=False)
         held = customer_keys(result.customer)
         for field in disagreements(selection, held):
             # An unsigned key that contradicts the signed one never wins; it is counted, not shown.
-            self._metrics.unsigned_disagreements.labels(surface.value, field).inc()
+            self._metrics.unsigned_disagreements.labels(surface.value, field, self.tenant).inc()
         return Lookup(selection, result, verified=selection.secret and matches(selection.signed, held))
 
     def _fragment(
@@ -202,6 +205,7 @@ class PanelCore:
             context=tuple((k, v) for k, v in context.fields.items() if k != "sign" and v) if context else (),
             born_ms=born,
             session_id=session.session_id if session else secrets.token_hex(8),
+            tenant=self.tenant,
         )
 
     # --- pages and sessions ----------------------------------------------------------------------
@@ -223,8 +227,12 @@ class PanelCore:
         return self.renderer.page(lang, panel.surface, boot, panel.parts if panel.context is not None else None)
 
     def session(self, token: str) -> SessionClaims:
-        """The claims of a token this deployment issued and that has not expired, else TokenError (401)."""
-        return self.tokens.read(token, now_ms())
+        """The claims of a token this company's panel was issued and that has not expired, else TokenError
+        (401): a token of another company of the same deployment is refused like a forged one."""
+        claims = self.tokens.read(token, now_ms())
+        if claims.tenant != self.tenant:
+            raise TokenError(Code.TOKEN_INVALID)
+        return claims
 
     def context_of(self, claims: SessionClaims) -> SurfaceContext | None:
         """The context a session vouches for (verified when it was issued), or None for a waiting shell."""

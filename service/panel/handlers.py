@@ -6,13 +6,14 @@ validate; the audit log records.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
 
 from aiohttp import web
 
-from ..appkeys import AUDIT, CACHE, CATALOG, CORE, METRICS, REQUEST_ID, SETTINGS, TICKET_FIELDS
+from ..appkeys import CATALOG, METRICS, REQUEST_ID, SETTINGS
 from ..audit.producer import AuditRecord, IdempotencyConflict
 from ..audit.spool import SpoolError
 from ..clock import now_ms
@@ -22,6 +23,7 @@ from ..protocol.cards import build_message
 from ..protocol.send import parse_send
 from ..protocol.surfaces import Surface, View, parse_surface, parse_view
 from ..redis import REDIS_DOWN
+from ..tenants.routing import company_of
 from .pages import request_lang
 
 log = logging.getLogger(__name__)
@@ -41,14 +43,16 @@ def _sobot_query(request: web.Request) -> str:
 
 
 async def _embed(request: web.Request, surface: Surface, view: View | None) -> web.Response:
-    core = request.app[CORE]
-    lang = request_lang(request)
+    company = company_of(request)
+    core = company.core
+    lang = request_lang(request, company.default_lang)
     raw = _sobot_query(request)
     # SPEC §4 postMessage mode: the first context may arrive only by message; show a waiting shell.
     context = core.verify_query(surface, raw) if raw.strip("&") else None
     panel = await core.build(surface, context, lang, view)
     page = core.page(panel, lang, view)
-    return web.Response(body=page, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
+    headers = {"Cache-Control": "no-store", "Content-Security-Policy": company.csp}  # its own framing origins
+    return web.Response(body=page, content_type="text/html", charset="utf-8", headers=headers)
 
 
 async def embed_panel(request: web.Request) -> web.Response:
@@ -63,33 +67,35 @@ async def embed_view(request: web.Request) -> web.Response:
 async def send(request: web.Request) -> web.Response:
     """Validate a card or ticket, append its audit record, and answer with the exact message to post."""
     app = request.app
-    lang = request_lang(request)
+    company = company_of(request)
+    lang = request_lang(request, company.default_lang)
     catalog = app[CATALOG]
-    settings = app[SETTINGS]
     metrics = app[METRICS]
     body = await _json_body(request)
-    # The session first: a request without a valid token learns nothing about what else is wrong.
-    claims = app[CORE].session(str(body.get("token", "")) if isinstance(body, dict) else "")
+    # The session first: a request without a valid token learns nothing about what else is wrong. A
+    # token of another company is refused like a forged one.
+    claims = company.core.session(str(body.get("token", "")) if isinstance(body, dict) else "")
     sent = parse_send(body)
     kind = sent.kind
+    sends = functools.partial(metrics.sends.labels, kind=kind, tenant=company.label)
     # Only what the surface offers (SPEC §5: Sobot acts on cards in a chat, on createOrder in the ticket
     # center): a page that shows no such button cannot record such a send either.
-    offered = settings.ticket_surface_set if kind == "ticket" else settings.card_surface_set
+    offered = company.ticket_surfaces if kind == "ticket" else company.card_surfaces
     if claims.surface not in {surface.value for surface in offered}:
-        metrics.sends.labels(kind, "not_offered").inc()
+        sends(result="not_offered").inc()
         raise NotOffered(Code.ACTION_NOT_OFFERED, kind=kind)
     try:
         message = build_message(
             kind,
             sent.data,
-            card_format=settings.card_format,
+            card_format=company.config.card_format,
             cid=claims.cid,
             uid=claims.uid,
             mini_program=claims.mini_program,
-            ticket_fields=app[TICKET_FIELDS],
+            ticket_fields=company.ticket_fields,
         )
     except PayloadError as error:
-        metrics.sends.labels(kind, "invalid").inc()
+        sends(result="invalid").inc()
         problems = [
             {"field": field, "code": code, "message": catalog.text(code, lang, field=field, **params)}
             for field, code, params in error.problems
@@ -109,25 +115,24 @@ async def send(request: web.Request) -> web.Response:
         uid=claims.uid,
         cid=claims.cid,
         payload=json.dumps(message, ensure_ascii=False, separators=(",", ":")),
-        sysnum=settings.sysnum,
+        sysnum=company.config.sysnum,
         request_id=request.get(REQUEST_ID, ""),
     )
     try:
-        appended = await app[AUDIT].append(record)
+        appended = await company.audit.append(record)
     except IdempotencyConflict as error:
         # The same id was recorded with other content: posting this message would leave Sobot holding
         # something the stream does not (and answering with the stored one would post the wrong card).
-        metrics.sends.labels(kind, "conflict").inc()
+        sends(result="conflict").inc()
         log.warning("send refused: %s", error)
         raise Conflict(Code.IDEMPOTENCY_CONFLICT) from None
     except SpoolError:
-        metrics.sends.labels(kind, "unavailable").inc()
+        sends(result="unavailable").inc()
         raise  # 503 naming the spool's state: the page is never told an unrecorded send is recorded
     except REDIS_DOWN as error:
-        metrics.sends.labels(kind, "unavailable").inc()
+        sends(result="unavailable").inc()
         raise Unavailable(Code.AUDIT_UNAVAILABLE) from error
-    result = "spooled" if appended.spooled else "duplicate" if appended.duplicate else "recorded"
-    metrics.sends.labels(kind, result).inc()
+    sends(result="spooled" if appended.spooled else "duplicate" if appended.duplicate else "recorded").inc()
     if appended.stored_payload is not None:
         # A retry is answered with what the stream holds, so the ack always equals the record.
         message = json.loads(appended.stored_payload)
@@ -161,14 +166,15 @@ def bearer_ok(request: web.Request, expected: str) -> bool:
 
 
 async def invalidate(request: web.Request) -> web.Response:
-    token = request.app[SETTINGS].api_token
+    company = company_of(request)
+    token = company.config.api_token
     if token is None:
         raise Unavailable(Code.API_TOKEN_NOT_CONFIGURED)
     if not bearer_ok(request, token.get_secret_value()):
         raise TokenError(Code.API_TOKEN_INVALID)
     partner_id = request.match_info["partnerId"]
     try:
-        await request.app[CACHE].invalidate(partner_id)
+        await company.cache.invalidate(partner_id)
     except REDIS_DOWN as error:
         raise Unavailable(Code.REDIS_UNAVAILABLE) from error
     return web.json_response({"ok": True, "partnerId": partner_id}, status=202)

@@ -13,7 +13,10 @@ from ..errors import Code, NotFound, PanelError
 from ..i18n import Lang, pick_lang
 
 
-def request_lang(request: web.Request) -> Lang:
+def request_lang(request: web.Request, default: Lang | None = None) -> Lang:
+    """`?lang=` wins; then the company's own language when it names one; then the browser's; else Chinese."""
+    if default is not None:
+        return pick_lang(request.query.get("lang"), None, default=default)
     return pick_lang(request.query.get("lang"), request.headers.get("Accept-Language"))
 
 

@@ -60,11 +60,12 @@ class SessionClaims:
     context: tuple[tuple[str, str], ...] = ()
     born_ms: int = 0  # when Sobot's sign was last verified for this session
     session_id: str = ""  # stays the same across renewals and relays of one panel
+    tenant: str = ""  # the company the session belongs to ("" for the single-company settings)
 
     def encode(self) -> bytes:
         return json.dumps(
             [self.surface, self.agent, self.partner_id, self.uid, self.cid, int(self.mini_program), self.expires_ms,
-             self.born_ms, self.session_id, [item for pair in self.context for item in pair]],
+             self.born_ms, self.session_id, [item for pair in self.context for item in pair], self.tenant],
             ensure_ascii=False, separators=(",", ":"),
         ).encode()  # fmt: skip
 
@@ -75,7 +76,7 @@ class SessionClaims:
         return cls(
             surface=str(raw[0]), agent=str(raw[1]), partner_id=str(raw[2]), uid=str(raw[3]), cid=str(raw[4]),
             mini_program=bool(raw[5]), expires_ms=int(raw[6]), born_ms=int(raw[7]), session_id=str(raw[8]),
-            context=tuple(zip(flat[::2], flat[1::2], strict=True)),
+            context=tuple(zip(flat[::2], flat[1::2], strict=True)), tenant=str(raw[10]),
         )  # fmt: skip
 
 

@@ -22,6 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The first segment of every name built below: a tenant (`prefix + NAME + ":"`) may not be named like one,
+# or its keys and channels would fall inside the default company's.
+NAMESPACES = frozenset({"audit", "cache", "wecom", "invalidations", "partner", "ops"})
+
 
 def hash_tag(name: str) -> str | None:
     """The part of `name` Redis Cluster hashes, when `name` has a hash tag: the text between the first
@@ -66,6 +70,13 @@ class Keys:
     @classmethod
     def for_cluster(cls, prefix: str = "panel:") -> Keys:
         return cls(prefix, cluster=True)
+
+    def for_tenant(self, name: str) -> Keys:
+        """The names of one tenant of a multi-company deployment: everything under `prefix + name + ":"`,
+        so Redis ACLs (`~panel:acme:*`, `&panel:acme:*`) can keep tenants apart."""
+        if name in NAMESPACES:
+            raise ValueError(f"tenant name {name!r} is taken by the service's own key names")
+        return Keys(f"{self.prefix}{name}:", cluster=self.cluster)
 
     # --- tenant keys: one hash slot in Redis Cluster ---------------------------------------------
 

@@ -107,6 +107,51 @@ MessageHandler = Callable[[str, str], None]
 ConnectHandler = Callable[[bool], Awaitable[None]]
 
 
+class Router:
+    """Hands one reader's messages to their owners, so one reader (one Redis connection) serves the live hub
+    and every company's ops feed: by exact channel, else by the longest registered prefix. Pure: no I/O."""
+
+    def __init__(self) -> None:
+        self._exact: dict[str, MessageHandler] = {}
+        self._prefixes: dict[str, MessageHandler] = {}
+        self._connect: dict[object, ConnectHandler] = {}
+
+    def on_channel(self, channel: str, handler: MessageHandler) -> None:
+        self._exact[channel] = handler
+
+    def on_prefix(self, prefix: str, handler: MessageHandler) -> None:
+        self._prefixes[prefix] = handler
+
+    def forget(self, *names: str) -> None:
+        """Drop the handlers of these channels and prefixes."""
+        for name in names:
+            self._exact.pop(name, None)
+            self._prefixes.pop(name, None)
+
+    def on_connect(self, owner: object, handler: ConnectHandler) -> None:
+        self._connect[owner] = handler
+
+    def forget_owner(self, owner: object) -> None:
+        self._connect.pop(owner, None)
+
+    def message(self, channel: str, data: str) -> None:
+        handler = self._exact.get(channel)
+        if handler is None:
+            matching = [prefix for prefix in self._prefixes if channel.startswith(prefix)]
+            handler = self._prefixes[max(matching, key=len)] if matching else None
+        if handler is not None:
+            handler(channel, data)
+
+    async def connected(self, reconnected: bool) -> None:
+        for handler in list(self._connect.values()):
+            try:
+                await handler(reconnected)
+            except REDIS_DOWN:
+                raise  # the reader reconnects and tells everyone again
+            except Exception:
+                log.exception("a pub/sub owner failed to catch up")
+
+
 class PubSubReader:
     """Subscribe on the first listener, unsubscribe on the last, one reconnecting reader.
 

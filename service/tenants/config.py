@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from ..protocol.trust import TRUSTABLE
+from ..redis.keys import NAMESPACES
+from ..settings import Settings, surface_names
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEFAULT_HOST_ORIGINS = "https://*.sobot.com https://*.soboten.com"
@@ -79,6 +81,11 @@ class CompanyConfig(BaseModel):
             raise ValueError(f"no such file: {value}")
         return value
 
+    @field_validator("card_surfaces", "ticket_surfaces")
+    @classmethod
+    def _surfaces(cls, value: str) -> str:
+        return surface_names(value)
+
     @field_validator("trust_unsigned")
     @classmethod
     def _trustable(cls, value: str) -> str:
@@ -87,6 +94,29 @@ class CompanyConfig(BaseModel):
         if unknown:
             raise ValueError(f"{', '.join(unknown)}: only {' and '.join(TRUSTABLE)} can be trusted unsigned")
         return " ".join(names)
+
+
+def single_company(settings: Settings) -> CompanyConfig | None:
+    """The company the single-company variables describe (served at `/embed/...`), when PANEL_SYSNUM is set."""
+    if not settings.sysnum:
+        return None
+    return CompanyConfig(
+        sysnum=settings.sysnum,
+        secret=settings.secret,
+        secret_previous=settings.secret_previous,
+        wecom_secret=settings.wecom_secret,
+        host_origins=settings.host_origins,
+        directory_url=settings.directory_url,
+        directory_token=settings.directory_token,
+        directory_plugin=settings.directory_plugin,
+        ticket_fields=settings.ticket_fields,
+        card_format=settings.card_format,
+        card_surfaces=settings.card_surfaces or "none",
+        ticket_surfaces=settings.ticket_surfaces or "none",
+        api_token=settings.api_token,
+        ops_token=settings.ops_token,
+        trust_unsigned=settings.trust_unsigned,
+    )
 
 
 def _secret_files(name: str, table: dict[str, Any], base: Path, problems: list[str]) -> dict[str, Any]:
@@ -140,6 +170,9 @@ def parse_tenants(document: dict[str, Any], base: Path) -> dict[str, CompanyConf
     for name, table in tables.items():
         if not NAME.match(name):
             problems.append(f"tenant {name!r}: a name is lower-case letters, digits and '-' (it becomes /t/{name}/)")
+            continue
+        if name in NAMESPACES:
+            problems.append(f"tenant {name}: the name is one the service uses for its own keys; choose another")
             continue
         if not isinstance(table, dict):
             problems.append(f"tenant {name}: a table of settings is expected")

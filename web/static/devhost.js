@@ -21,6 +21,7 @@
   const countEl = document.getElementById("message-count");
   const pickers = document.getElementById("pickers");
   const surfaceSelect = document.getElementById("pick-surface");
+  const tenantSelect = document.getElementById("pick-tenant");
   const viewSelect = document.getElementById("pick-view");
   const zcBox = document.getElementById("pick-zc");
   const sizeEl = document.getElementById("frame-size");
@@ -78,6 +79,7 @@
     if (state.view) params.set("view", state.view);
     if (state.zcEncode) params.set("zcEncode", "1");
     if (state.partnerId) params.set("customer", state.partnerId);
+    if (boot.tenant) params.set("tenant", boot.tenant);
     params.set("lang", boot.lang);
     history.replaceState(null, "", "?" + params.toString());
     const other = new URLSearchParams(params);
@@ -95,6 +97,7 @@
   // --- signing ---------------------------------------------------------------------------------
   async function fetchSigned(partnerId) {
     const params = new URLSearchParams({ surface: state.surface, partnerId, lang: boot.lang });
+    if (boot.tenant) params.set("tenant", boot.tenant);
     if (state.view) params.set("view", state.view);
     if (state.zcEncode) params.set("zcEncode", "1");
     const response = await fetch("/dev/host/signed?" + params.toString(), {
@@ -115,7 +118,8 @@
   }
 
   function shellUrl() {
-    const path = "/embed/" + state.surface + (state.view ? "/" + state.view : "");
+    const base = boot.tenant ? "/t/" + encodeURIComponent(boot.tenant) : "";
+    const path = base + "/embed/" + state.surface + (state.view ? "/" + state.view : "");
     return path + "?lang=" + encodeURIComponent(boot.lang);
   }
 
@@ -462,6 +466,14 @@
   applySize();
   rememberChoices();
   if (state.mode === "postmessage") loadFrame(shellUrl());
+  // Another company has other customers (and signs): the simulator starts over for it.
+  if (tenantSelect) {
+    tenantSelect.addEventListener("change", () => {
+      const params = new URLSearchParams({ tenant: tenantSelect.value, lang: boot.lang });
+      location.assign("?" + params.toString());
+    });
+  }
+
   const initial = boot.customer && document.querySelector('button.customer[data-partner-id="' +
     CSS.escape(boot.customer) + '"]');
   if (initial) pick(initial);

@@ -146,7 +146,7 @@
     cell(row, item.partnerId, "mono");
     cell(row, item.summary, "summary");
     const link = document.createElement("a");
-    link.href = `/ops/entries/${encodeURIComponent(item.entryId)}${boot.langSuffix}`;
+    link.href = `${boot.base || ""}/ops/entries/${encodeURIComponent(item.entryId)}${boot.langSuffix}`;
     link.textContent = text.view;
     cell(row, link);
     tbody.prepend(row);
@@ -195,7 +195,7 @@
   async function refresh() {
     refreshTimer = null;
     try {
-      const response = await fetch("/ops/api/summary", { credentials: "same-origin", headers: { Accept: "application/json" } });
+      const response = await fetch(`${boot.base || ""}/ops/api/summary`, { credentials: "same-origin", headers: { Accept: "application/json" } });
       if (!response.ok) return;
       const summary = await response.json();
       drawAgents(summary.agents);
@@ -231,7 +231,7 @@
   let lastId = boot.since;
   let backoff = 2000;
   function connect() {
-    source = new EventSource(`/ops/feed${lastId ? `?since=${encodeURIComponent(lastId)}` : ""}`);
+    source = new EventSource(`${boot.base || ""}/ops/feed${lastId ? `?since=${encodeURIComponent(lastId)}` : ""}`);
     source.addEventListener("open", () => {
       backoff = 2000;
       setLive("open");

@@ -19,7 +19,7 @@ export function createSender(ctx) {
     holder.dataset.eventId = holder.dataset.eventId || newEventId();
     let response;
     try {
-      response = await fetch("/panel/send?lang=" + encodeURIComponent(ctx.lang), {
+      response = await fetch((ctx.base || "") + "/panel/send?lang=" + encodeURIComponent(ctx.lang), {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
         body: JSON.stringify({ token: ctx.token(), kind, id: holder.dataset.eventId, data }),

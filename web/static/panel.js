@@ -166,6 +166,7 @@ import { initialParentOrigin, originMatcher, signStillValid, signedUrl } from ".
   const sender = createSender({
     t,
     lang: boot.lang,
+    base: boot.base || "",
     token: () => token,
     parentOrigin: () => parentOrigin,
     epoch: () => switchEpoch,
@@ -299,7 +300,7 @@ import { initialParentOrigin, originMatcher, signStillValid, signedUrl } from ".
   // The token goes in the first frame (a hello), never in the URL where proxies and logs keep it.
   function wsUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return scheme + "//" + location.host + "/ws?lang=" + encodeURIComponent(boot.lang || "zh");
+    return scheme + "//" + location.host + (boot.base || "") + "/ws?lang=" + encodeURIComponent(boot.lang || "zh");
   }
 
   function send(frame) {
