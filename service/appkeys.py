@@ -39,3 +39,6 @@ OPS_FEED = web.AppKey("ops_feed", OpsFeed)
 OPS_COUNTER = web.AppKey("ops_counter", OpsCounter)
 
 REQUEST_ID = web.RequestKey("request_id", str)
+# A response already on the wire (a websocket after its upgrade, an event stream): the error middleware ends
+# it and never writes an HTTP error page into it.
+STARTED = web.RequestKey("started_response", web.StreamResponse)
