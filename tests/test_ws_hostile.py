@@ -27,10 +27,11 @@ from sobot_panel.protocol.surfaces import build_query_string
 from sobot_panel.protocol.tokens import MAX_TOKEN_CHARS
 from sobot_panel.settings import Settings
 
-from .helpers.live import boot_of, connect_panel, hello, next_frame, selected, workbench_fields
+from .helpers.live import boot_of, connect_panel, hello, next_frame, open_panel, selected, workbench_fields
 from .helpers.rawws import BINARY, CLOSE, TEXT, Frame, RawSocket
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
+API = {"Authorization": "Bearer test-api-token"}
 PHONE = "13912340000"  # what a failing directory quotes in its exception: it may not reach a log line
 # Every close code a client may meet after the upgrade, as documented (frames.py, README "Live panels").
 HELLO_CLOSES = {4400, 4401, 1007, 1009}
@@ -43,9 +44,12 @@ FAULTY_PLUGIN = f'''
 from sobot_panel.directory.sample import SampleDirectory
 
 
+FAILING = {{"C1666"}}  # a test may add customers while it runs
+
+
 class FaultyDirectory(SampleDirectory):
     async def lookup(self, key, value):
-        if value == "C1666":
+        if value in FAILING:
             raise RuntimeError("CRM row for {PHONE} is corrupt")
         return await super().lookup(key, value)
 
@@ -63,7 +67,8 @@ async def client(aiohttp_client: ClientFactory, make_settings: Callable[..., Set
 @pytest.fixture
 def faulty_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """An installed directory plugin (a module and its dist-info on sys.path, found through the entry
-    point group like any pip-installed one) that raises RuntimeError for customer C1666."""
+    point group like any pip-installed one) that raises RuntimeError for the customers in its `FAILING`
+    (C1666 to begin with)."""
     root = tmp_path / "site"
     info = root / "faulty_directory-1.0.dist-info"
     info.mkdir(parents=True)
@@ -155,6 +160,34 @@ async def test_a_refused_frame_whose_id_cannot_be_sent_back_is_still_answered(
     assert b"HTTP/" not in sock.received and not errors_logged(caplog)
     await sock.close()
     await still_serving(client)
+
+
+async def test_a_refresh_that_fails_unforeseen_is_told_to_each_panel_and_the_others_still_refresh(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], faulty_plugin: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    import faulty_directory  # the plugin's own module: the test decides when its CRM row breaks
+
+    client = await aiohttp_client(create_app(make_settings(directory_plugin=faulty_plugin)))
+    first, _ = await open_panel(client, "C1001")
+    second, _ = await open_panel(client, "C1001")
+    other, _ = await open_panel(client, "C1002")
+    faulty_directory.FAILING.add("C1001")
+    try:
+        assert (await client.post("/api/partners/C1001/invalidate", headers=API)).status == 202
+        for ws in (first, second):  # each panel is told, none is skipped after the first failure
+            error = await next_frame(ws, "error")
+            assert error["code"] == "internal_error" and error["id"] is None and error["message"]
+    finally:
+        faulty_directory.FAILING.discard("C1001")
+    await other.send_json({"type": "ping"})
+    await next_frame(other, "pong")
+    assert (await client.post("/api/partners/C1001/invalidate", headers=API)).status == 202
+    for ws in (first, second):  # and once the directory answers again, the next refresh pushes
+        assert (await next_frame(ws, "panel"))["partnerId"] == "C1001"
+    lines = errors_logged(caplog)
+    assert len(lines) == 2 and all("panel refresh failed" in line.getMessage() for line in lines)
+    assert PHONE not in caplog.text and "Traceback" not in caplog.text
 
 
 async def fail_after_upgrade(request: web.Request) -> web.StreamResponse:
