@@ -1,4 +1,4 @@
-"""A websocket client on a bare TCP stream, for hostile-input tests.
+"""A websocket client on a bare TCP stream, for hostile-input tests, and helpers to use it on the panel.
 
 aiohttp's client refuses to send what an attacker would (invalid UTF-8 in a text frame, any opcode) and
 reads whatever the server writes as best it can; this one sends any bytes under any opcode and reads the
@@ -13,12 +13,22 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+from aiohttp.test_utils import TestClient
+from sobot_panel.errors import Code
+from sobot_panel.protocol.surfaces import build_query_string
+
+from .live import boot_of, connect_panel, hello, next_frame, workbench_fields
+
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+# Error codes a refused frame may carry; `internal_error` is not one (it would mean a fault).
+FRAME_ERRORS = {code.value for code in Code} - {Code.INTERNAL_ERROR.value}
 
 
 class NotAFrame(AssertionError):
@@ -121,3 +131,43 @@ class RawSocket:
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
+
+
+# --- on the panel service ----------------------------------------------------------------------------
+
+
+async def panel_token(client: TestClient[Any, Any], partner_id: str = "C1001") -> str:
+    response = await client.get(f"/embed/workbench?{build_query_string(workbench_fields(partner_id))}")
+    assert response.status == 200
+    return str(boot_of(await response.text())["token"])
+
+
+async def raw_socket(client: TestClient[Any, Any], path: str = "/ws?lang=zh") -> RawSocket:
+    return await RawSocket.open(str(client.server.host), int(client.server.port or 0), path)
+
+
+async def greeted(client: TestClient[Any, Any], token: str) -> RawSocket:
+    sock = await raw_socket(client)
+    sock.send_json(hello(token))
+    frame = await sock.receive()
+    assert frame is not None and frame.json() == {"type": "ready"}, frame
+    return sock
+
+
+async def still_serving(client: TestClient[Any, Any]) -> None:
+    """Another panel opens its socket and is answered: the server goes on serving."""
+    ws = await connect_panel(client, await panel_token(client, "C1002"))
+    await ws.send_json({"type": "ping"})
+    await next_frame(ws, "pong")
+    await ws.close()
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def check_error_frame(frame: Frame) -> dict[str, Any]:
+    body = frame.json()
+    assert body["type"] == "error" and body["code"] in FRAME_ERRORS, body
+    assert body["message"] and body["message"] != body["code"]  # words in the agent's language, not a code
+    return body
