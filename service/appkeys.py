@@ -34,3 +34,6 @@ HUB = web.AppKey("live_hub", LiveHub)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 COMPANY = web.RequestKey("company", Company)  # the company a request was routed to (CSP, metrics label)
+# A response already on the wire (a websocket after its upgrade, an event stream): the error middleware ends
+# it and never writes an HTTP error page into it.
+STARTED = web.RequestKey("started_response", web.StreamResponse)

@@ -43,6 +43,7 @@ class Code(StrEnum):
     FRAME_INVALID = "frame_invalid"
     FRAME_NOT_JSON = "frame_not_json"
     FRAME_TOO_LARGE = "frame_too_large"
+    FRAME_TOO_DEEP = "frame_too_deep"
     RATE_LIMITED = "rate_limited"
 
     # sends (HTTP 400/422) and the problems a payload can have

@@ -4,17 +4,19 @@ errors (every failure an agent can meet becomes a small page in their language, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from . import context
-from .appkeys import COMPANY, CSP, METRICS, REQUEST_ID
+from .appkeys import COMPANY, CSP, METRICS, REQUEST_ID, STARTED
 from .errors import Code, PanelError
 from .observability import monotonic
 from .panel.pages import error_response, not_found_error
+from .redaction import fault_line
 
 log = logging.getLogger("sobot_panel")
 
@@ -64,17 +66,39 @@ def _clean_id(value: str) -> str:
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure an agent can meet becomes a small page in their language; never a traceback."""
+    """Every failure an agent can meet becomes a small page in their language; never a traceback.
+
+    Except once a response is on the wire (a websocket after its upgrade): a page written then would land
+    inside it (raw HTTP read as websocket frames), so that response is ended instead."""
     try:
         return await handler(request)
-    except PanelError as error:
-        return error_response(request, error)
-    except web.HTTPNotFound:
-        return error_response(request, not_found_error(request))
-    except web.HTTPException:
-        raise
     except asyncio.CancelledError:
         raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(request, PanelError(Code.INTERNAL_ERROR), status=500)
+    except Exception as error:
+        started = request.get(STARTED)
+        if started is not None and started.prepared:
+            return await _end_started(request, started, error)
+        return _error_page(request, error)
+
+
+def _error_page(request: web.Request, error: Exception) -> web.StreamResponse:
+    """The page for a failure before any response started (called while `error` is being handled)."""
+    if isinstance(error, PanelError):
+        return error_response(request, error)
+    if isinstance(error, web.HTTPNotFound):
+        return error_response(request, not_found_error(request))
+    if isinstance(error, web.HTTPException):
+        raise error
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(request, PanelError(Code.INTERNAL_ERROR), status=500)
+
+
+async def _end_started(request: web.Request, started: web.StreamResponse, error: Exception) -> web.StreamResponse:
+    """A started response whose handler failed: a websocket is closed with 1011, an event stream ends.
+    Logged once, by where it failed, without the exception's message (which may quote personal data)."""
+    log.error("unhandled error on %s %s after its response started: %s", request.method, request.path,
+              fault_line(error))  # fmt: skip
+    if isinstance(started, web.WebSocketResponse):
+        with contextlib.suppress(Exception):
+            await started.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+    return started  # already prepared: aiohttp only finishes it

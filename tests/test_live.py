@@ -99,7 +99,7 @@ async def test_selection_of_another_agent_is_refused(client: TestClient[Any, Any
     [
         pytest.param("not json", "frame_not_json", id="not-json"),
         pytest.param(json.dumps({"type": "selected", "query": "x"}), "frame_invalid", id="bad-shape"),
-        pytest.param(json.dumps({"type": "ping", "pad": "x" * 20_000}), "frame_too_large", id="too-large"),
+        pytest.param(json.dumps({"type": "ping", "pad": "x" * 50_000}), "frame_too_large", id="too-large"),
     ],
 )
 async def test_malformed_frames(client: TestClient[Any, Any], payload: str, code: str) -> None:

@@ -4,18 +4,24 @@ by the one handler registered for its type.
 A panel opens `/ws` and presents the session token its page carried in its first frame, a hello (never
 in the URL; the close codes are listed in `frames`). A relayed `query` is verified with exactly the
 rules of a page load; a failing one gets an error frame and the panel keeps the customer it had.
+
+After the upgrade nothing may write HTTP into the socket: a frame whose handling fails in a way nobody
+foresaw gets an `internal_error` frame (the socket goes on serving), any other failure closes the socket
+with 1011; either is logged once, by where it failed, never with what the frame carried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..appkeys import HUB, SETTINGS
+from ..appkeys import HUB, SETTINGS, STARTED
 from ..errors import Code, PanelError, TokenError
 from ..i18n import Lang
 from ..panel.core import PanelCore
@@ -23,6 +29,7 @@ from ..panel.pages import request_lang
 from ..protocol.security import origin_allowed
 from ..protocol.surfaces import Surface, View
 from ..protocol.tokens import SessionClaims
+from ..redaction import fault_line
 from ..tenants.company import Company
 from ..tenants.routing import company_of
 from .frames import (
@@ -31,6 +38,8 @@ from .frames import (
     CLOSE_SESSION_ENDED,
     CLOSE_TOO_MANY_SOCKETS,
     HELLO_TIMEOUT_S,
+    MAX_FRAME_CHARS,
+    MAX_HELLO_BYTES,
     IncomingFrame,
     PingFrame,
     ResyncFrame,
@@ -42,8 +51,9 @@ from .frames import (
 )
 from .hub import Connection, LiveHub
 
-MAX_FRAME_BYTES = 16 * 1024
 HEARTBEAT_S = 25.0
+
+log = logging.getLogger(__name__)
 
 
 def _origin_ok(request: web.Request, origins: list[str]) -> bool:
@@ -69,21 +79,45 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not _origin_ok(request, company.config.host_origins.split()):
         raise web.HTTPForbidden(text="origin not allowed")
     lang = request_lang(request, company.default_lang)
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES * 4)
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_HELLO_BYTES)
     await ws.prepare(request)
+    request[STARTED] = ws  # from here on a failure is a frame or a close code (see the error middleware)
+    try:
+        await _serve(app, hub, ws, lang, company)
+    except Exception as error:  # not CancelledError: a cancelled handler's socket is aiohttp's to close
+        log.error("websocket failed, closed with 1011: %s", fault_line(error))
+        with contextlib.suppress(Exception):
+            await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+    return ws
+
+
+async def _serve(app: web.Application, hub: LiveHub, ws: web.WebSocketResponse, lang: Lang, company: Company) -> None:
     conn = await _greet(app, hub, ws, lang, company)
     if conn is None:
-        return ws
+        return
     try:
         await conn.send({"type": "ready"})
         async for message in ws:
             if message.type is WSMsgType.TEXT:
-                await handle_text(app, hub, conn, message.data)
+                await _answer(app, hub, conn, message.data)
             elif message.type is WSMsgType.BINARY:
                 await hub.send_error(conn, PanelError(Code.FRAME_NOT_JSON), None)
     finally:
         hub.remove(conn)
-    return ws
+
+
+async def _answer(app: web.Application, hub: LiveHub, conn: Connection, data: str) -> None:
+    """One frame handled; if that fails unforeseen, an `internal_error` frame answers it (the panel shows
+    the failure and keeps what it showed) and the socket goes on; if even that cannot be sent, 1011."""
+    try:
+        await handle_text(app, hub, conn, data)
+    except Exception as error:
+        log.error("websocket frame failed, answered internal_error: %s", fault_line(error))
+        try:
+            await hub.send_error(conn, PanelError(Code.INTERNAL_ERROR), frame_id(data))
+        except Exception:  # not even the answer goes out: end the socket (already logged above)
+            with contextlib.suppress(Exception):
+                await conn.ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
 
 
 async def _greet(
@@ -98,8 +132,7 @@ async def _greet(
         return None
     if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
         return None
-    text = message.data if message.type is WSMsgType.TEXT else ""
-    hello = parse_hello(text) if 0 < len(text) <= MAX_FRAME_BYTES else None
+    hello = parse_hello(message.data) if message.type is WSMsgType.TEXT else None
     if hello is None:
         await ws.close(code=CLOSE_HELLO_EXPECTED, message=b"the first frame must be a hello")
         return None
@@ -126,8 +159,8 @@ def session_key(claims: SessionClaims, token: str) -> str:
 
 
 async def handle_text(app: web.Application, hub: LiveHub, conn: Connection, data: str) -> None:
-    if len(data) > MAX_FRAME_BYTES:
-        await hub.send_error(conn, PanelError(Code.FRAME_TOO_LARGE), None)
+    if len(data) > MAX_FRAME_CHARS:  # before the rate limit and the parser: both cost more
+        await hub.send_error(conn, PanelError(Code.FRAME_TOO_LARGE, limit=MAX_FRAME_CHARS), None)
         return
     if not conn.bucket.take(time.monotonic()):
         await hub.send_error(conn, PanelError(Code.RATE_LIMITED), frame_id(data))  # which relay was refused

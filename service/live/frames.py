@@ -9,7 +9,10 @@ accepted, or closes the socket with one of these codes (the reason names the pro
 - 4401: the session token is invalid or expired, the reason says `token_invalid` or `token_expired`
   (the session is over: panel.js reloads its signed URL while the sign is valid, else says so);
 - 4408: no hello within `HELLO_TIMEOUT_S` seconds (panel.js reconnects with backoff);
-- 4429: this session already has `PANEL_WS_PER_SESSION` sockets open on this replica (reconnects later).
+- 4429: this session already has `PANEL_WS_PER_SESSION` sockets open on this replica (reconnects later);
+- 1007 (invalid UTF-8 in a text frame) and 1009 (a frame past `MAX_HELLO_BYTES`): aiohttp's own, before
+  anything is decoded or parsed;
+- 1011: a failure nobody foresaw outside any one frame (logged once, without the frame's content).
 
 Frames from the panel after the hello, discriminated by `type`:
 `{"type": "selected", "id", "view", "query", "params", "partnerId", "uid"}` (Sobot's SPEC §4 message,
@@ -19,6 +22,12 @@ Frames to the panel: `{"type": "ready"}`, `{"type": "panel", "id", "html", "toke
 
 `id` is the frame's own id (`frame_id`), echoed in the answer so the panel knows which relay it answers;
 it is not the HTTP request id.
+
+Limits, cheapest first: the frame's size (aiohttp counts bytes before decoding; `MAX_FRAME_CHARS` is
+counted before parsing), then the rate (`endpoint`), then a C parser with its own recursion limit, then
+`jsonlimits.MAX_DEPTH` levels of nesting, then the frame's shape. Whatever breaks one gets an error frame
+naming the problem (`frame_too_large`, `rate_limited`, `frame_not_json`, `frame_too_deep`, `frame_invalid`)
+and the socket goes on; a hello that breaks one closes the socket with 4400.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..errors import Code, PanelError
+from ..protocol import jsonlimits
+from ..protocol.tokens import MAX_TOKEN_CHARS
 
 FrameId = int | str | None
 QueryValue = str | int | float | bool | None
@@ -38,7 +49,13 @@ CLOSE_HELLO_EXPECTED = 4400
 CLOSE_SESSION_ENDED = 4401
 CLOSE_HELLO_TIMEOUT = 4408
 CLOSE_TOO_MANY_SOCKETS = 4429
-MAX_TOKEN_LENGTH = 8 * 1024
+# A hello carries the session token, which holds the panel's verified context and so grows with its query:
+# the limit fits the largest token the query limits allow. aiohttp applies it to every frame, in bytes,
+# before decoding one (a larger frame closes the socket with 1009).
+MAX_HELLO_BYTES = MAX_TOKEN_CHARS + 1024
+# After the hello, the largest relay the query limits allow: the query's fields (16 KiB decoded, up to
+# twice that once JSON-escaped) and Sobot's top-level copy of `params`. Counted before parsing.
+MAX_FRAME_CHARS = 48 * 1024
 
 
 class _Frame(BaseModel):
@@ -49,7 +66,7 @@ class HelloFrame(_Frame):
     """The first frame of every socket: the session token (never in the URL) and the view shown."""
 
     type: Literal["hello"]
-    token: str = Field(max_length=MAX_TOKEN_LENGTH)
+    token: str = Field(max_length=MAX_TOKEN_CHARS)
     view: str | None = None
 
 
@@ -80,34 +97,42 @@ _HELLO: TypeAdapter[HelloFrame] = TypeAdapter(HelloFrame)
 
 
 def parse_hello(data: str) -> HelloFrame | None:
-    """The hello in this text, or None when it is anything else."""
+    """The hello in this text, or None when it is anything else (or beyond a limit)."""
     try:
-        return _HELLO.validate_json(data)
-    except ValidationError:
+        return _HELLO.validate_python(jsonlimits.load(data, max_bytes=MAX_HELLO_BYTES))
+    except (jsonlimits.JsonRefused, ValidationError):
         return None
 
 
 def parse_frame(data: str) -> IncomingFrame:
-    """The typed frame in this text, else PanelError `frame_not_json` or `frame_invalid` naming the field."""
+    """The typed frame in this text, else PanelError `frame_too_large`, `frame_not_json`, `frame_too_deep`
+    or `frame_invalid` naming the field."""
     try:
-        return _INCOMING.validate_json(data)
+        raw = jsonlimits.load(data, max_bytes=MAX_FRAME_CHARS)
+    except jsonlimits.JsonRefused as refused:
+        if refused.reason == "size":
+            raise PanelError(Code.FRAME_TOO_LARGE, limit=MAX_FRAME_CHARS) from None
+        if refused.reason == "depth":
+            raise PanelError(Code.FRAME_TOO_DEEP, limit=jsonlimits.MAX_DEPTH) from None
+        raise PanelError(Code.FRAME_NOT_JSON) from None
+    try:
+        return _INCOMING.validate_python(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        if first["type"] == "json_invalid" or (first["type"] == "model_type" and not first["loc"]):
-            raise PanelError(Code.FRAME_NOT_JSON) from None
         # loc starts with the frame's tag ("selected", ...): the field is what follows it
-        where = ".".join(str(part) for part in first["loc"][1:]) or "type"
+        where = ".".join(str(part) for part in error.errors()[0]["loc"][1:]) or "type"
         raise PanelError(Code.FRAME_INVALID, field=where[:60]) from None
 
 
 def frame_id(data: str) -> FrameId:
-    """A frame's id, read leniently, for answering a frame that was refused before it was parsed."""
+    """A frame's id, read leniently, for answering a frame that was refused (or failed) before it was
+    parsed. The same parser and limits as `parse_frame`, so an id that could not be sent back (a lone
+    surrogate, which Python's own `json` would accept) is never echoed."""
     try:
-        raw = json.loads(data)
-    except (ValueError, RecursionError):
+        raw = jsonlimits.load(data, max_bytes=MAX_FRAME_CHARS)
+    except jsonlimits.JsonRefused:
         return None
     value = raw.get("id") if isinstance(raw, dict) else None
-    return value if isinstance(value, int | str) else None
+    return value if isinstance(value, int | str) and not isinstance(value, bool) else None
 
 
 def selected_fields(frame: SelectedFrame) -> dict[str, str]:

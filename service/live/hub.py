@@ -22,13 +22,14 @@ from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, web
 
-from ..errors import PanelError
+from ..errors import Code, PanelError
 from ..i18n import Catalog, Lang
 from ..observability import Metrics
 from ..panel.core import PanelCore
 from ..protocol.security import TokenBucket
 from ..protocol.surfaces import Surface, SurfaceContext, View
 from ..protocol.tokens import SessionClaims
+from ..redaction import fault_line
 from ..redis import Keys
 from ..redis.pubsub import PubSubReader, Router
 from .frames import FrameId, compact
@@ -190,11 +191,20 @@ class LiveHub:
         if company is not None:
             company.core.cache.drop_local(partner_id)
         for conn in list(self.by_partner.get((company_name, partner_id), ())):
-            await self.resync(conn, None)
+            await self._refresh(conn)
 
     async def refresh_all(self) -> None:
         for conn in list(self.connections):
+            await self._refresh(conn)
+
+    async def _refresh(self, conn: Connection) -> None:
+        """A push no frame asked for: a failure nobody foresaw is logged once (never with its message) and
+        told to this panel alone, and the next panel is still refreshed."""
+        try:
             await self.resync(conn, None)
+        except Exception as error:
+            log.error("panel refresh failed, answered internal_error: %s", fault_line(error))
+            await self.send_error(conn, PanelError(Code.INTERNAL_ERROR), None)
 
     async def resync(self, conn: Connection, frame_id: FrameId) -> None:
         company = self._companies.get(conn.company)
@@ -225,7 +235,7 @@ class LiveHub:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("panel refresh failed", exc_info=task.exception())
+            log.error("panel refresh failed: %s", fault_line(task.exception() or Exception()))
 
     # shutdown ------------------------------------------------------------------------------
 

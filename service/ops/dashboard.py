@@ -35,7 +35,7 @@ from urllib.parse import urlencode
 import aiohttp_jinja2
 from aiohttp import web
 
-from ..appkeys import CATALOG, COMPANY, REDIS, SETTINGS
+from ..appkeys import CATALOG, COMPANY, REDIS, SETTINGS, STARTED
 from ..audit.reader import stream_stats
 from ..clock import china_time, now_ms
 from ..errors import Code, NotFound, PanelError, TokenError, Unavailable
@@ -331,6 +331,7 @@ async def feed(request: web.Request) -> web.StreamResponse:
     queue = hub.join()
     try:
         await response.prepare(request)
+        request[STARTED] = response  # a failure from here on ends the stream, never writes a page into it
         await response.write(b"retry: 2000\n: connected\n\n")
         backfilled: set[str] = set()
         if STREAM_ID.match(since):
