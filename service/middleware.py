@@ -41,7 +41,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         company = request.get(COMPANY)  # its own framing origins, once the request was routed to one
         headers.setdefault("Content-Security-Policy", company.csp if company is not None else request.app[CSP])
         headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
+        # A panel's address is Sobot's signed URL (the agent's email, the customer's phone, the sign): no
+        # request the page makes, to us or anyone, may carry it as a Referer.
+        headers["Referrer-Policy"] = "no-referrer"
         headers["X-Request-Id"] = request_id
         long_lived = isinstance(response, web.WebSocketResponse) or response.content_type == "text/event-stream"
         return response

@@ -149,3 +149,9 @@ async def test_no_url_the_panel_requests_carries_personal_data(
     assert len(recorder.sockets) >= len(LOADS) and any("/static/" in url for url in urls)
     leaks = [(url, secret) for url in urls for secret in secrets if secret in url or secret in unquote(url)]
     assert not leaks, leaks
+    # Nor does any header: a Referer would carry the signed /embed URL to every request the panel makes.
+    referers = [(r.url, r.headers.get("referer", "")) for r in recorder.requests
+                if urlsplit(r.url).netloc == urlsplit(server.origin).netloc]  # fmt: skip
+    assert len(referers) > len(LOADS)
+    leaked = [(url, referer) for url, referer in referers for secret in secrets if secret in unquote(referer)]
+    assert not leaked, leaked

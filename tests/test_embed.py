@@ -97,7 +97,7 @@ async def test_security_headers(client: TestClient[Any, Any]) -> None:
     csp = response.headers["Content-Security-Policy"]
     assert "frame-ancestors https://*.sobot.com https://*.soboten.com" in csp
     assert "X-Frame-Options" not in response.headers
-    assert response.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Cache-Control"] == "no-store"
 
