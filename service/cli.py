@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 from . import __version__, assets
 from .clock import now_ms
+from .lifecycle import die_with_parent
 from .protocol.signing import sign_fields
 from .protocol.surfaces import Surface, View, build_query_string, zc_encode_blob
 from .settings import Settings, describe_error
@@ -170,7 +171,9 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     command = [sys.executable, "-m", "sobot_panel", "serve", "--worker", "--host", host, "--port", str(port),
                "--grace", str(args.grace), "--drain-delay", str(args.drain_delay)]  # fmt: skip
-    workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
+    # A SIGKILLed supervisor takes its workers with it (they would go on serving the port otherwise).
+    spawn = functools.partial(subprocess.Popen, command, env=env, preexec_fn=die_with_parent)
+    workers = [spawn() for _ in range(args.workers)]
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -194,7 +197,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, host: str, port: in
                 if worker.poll() is not None and not stopping:
                     log.error("worker %d exited with %s; starting a new one", worker.pid, worker.returncode)
                     mark_process_dead(worker.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
-                    workers[index] = subprocess.Popen(command, env=env)
+                    workers[index] = spawn()
             time.sleep(0.5)
         deadline = time.monotonic() + args.drain_delay + args.grace + 5
         for worker in workers:
@@ -236,7 +239,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.demo:
         log.info("open the Sobot host simulator: %s/dev/host", settings.base_url)
         if settings.demo_key_path is not None:
-            log.info("demo: panel sessions are signed with the key kept in %s, so they survive a restart",
+            log.info("demo: panel sessions use the key kept in %s, so they survive a restart",
                      settings.demo_key_path)  # fmt: skip
     if args.workers > 1:
         return _supervise(settings, args, host, port)

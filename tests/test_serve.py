@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -101,3 +102,42 @@ async def _exercise(port: int, supervisor: subprocess.Popen[bytes]) -> tuple[set
             assert time.monotonic() - signalled < 30, "supervisor did not exit"
             await asyncio.sleep(0.05)
         return pids, codes, time.monotonic() - signalled
+
+
+def test_a_killed_supervisor_takes_its_workers_with_it(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
+    """SIGKILL leaves no signal handler to forward anything: the workers learn it from the kernel."""
+    port = _free_port()
+    env = {**os.environ, "PANEL_SYSNUM": SYSNUM, "PANEL_SECRET": SECRET, "PANEL_REDIS_URL": redis_server.url,
+           "PANEL_PORT": str(port), "PANEL_DATA_DIR": str(tmp_path),
+           "PANEL_SESSION_KEY": "shared-key-" * 3}  # fmt: skip
+    supervisor = subprocess.Popen([sys.executable, "-m", "sobot_panel", "serve", "--workers", "2"], env=env,
+                                  cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(pids) < 2:
+            assert time.monotonic() < deadline, f"two workers never answered (saw {pids})"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                    pids.add(int(json.loads(response.read())["pid"]))
+            except OSError:
+                time.sleep(0.05)
+        supervisor.kill()
+        supervisor.wait(10)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, (
+                f"workers {sorted(p for p in pids if _alive(p))} outlived the supervisor"
+            )
+            time.sleep(0.05)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+        supervisor.wait(timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return False

@@ -18,19 +18,19 @@ It never outlives its parent and never shares its data directory with another se
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import importlib.util
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ..lifecycle import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +44,6 @@ class RedisServerNotFound(RuntimeError):
 
 class DataDirBusy(RuntimeError):
     """Another redis-server still runs on this data directory."""
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent goes (Linux); elsewhere nothing."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def find_redis_server() -> str:
@@ -187,7 +173,7 @@ class EmbeddedRedis:
             # (held while it lives), and death with its parent.
             self.process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(lock_fd,),
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             )  # fmt: skip
             os.ftruncate(lock_fd, 0)
             os.pwrite(lock_fd, str(self.process.pid).encode(), 0)
