@@ -22,7 +22,7 @@ import pytest
 from aiohttp import ClientSession, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from sobot_panel.app import create_app
-from sobot_panel.appkeys import REDIS
+from sobot_panel.appkeys import COMPANIES, REDIS
 from sobot_panel.protocol.signing import SignPolicy, sign_fields
 from sobot_panel.protocol.surfaces import Surface, build_query_string
 from sobot_panel.settings import Settings
@@ -367,3 +367,29 @@ async def test_the_host_simulator_plays_sobot_for_a_chosen_tenant(
     assert signed["url"].startswith("/t/acme/embed/workbench?")
     assert "张伟" in await page(client, signed["url"])  # signed with acme's key, served at acme's routes
     assert (await client.get("/dev/host/signed?tenant=initech&partnerId=C1001")).status == 404
+
+
+async def test_a_changed_tenant_reopens_and_its_live_feed_goes_on(
+    client: TestClient[Any, Any], tenants_file: Path, apis: tuple[FakeEnterprise, ...]
+) -> None:
+    """SIGHUP with acme's settings changed: a new acme is opened and swapped in; its dashboard's live feed
+    (one pub/sub reader shared by every company) keeps flowing, and the old acme's is closed."""
+    import os
+
+    from .test_ops import next_send
+
+    before = client.app[COMPANIES].get("acme")
+    assert before is not None
+    tenants_file.write_text(tenants_toml(apis[0].url, apis[1].url).replace('ops_token = "acme-ops"',
+                                                                            'ops_token = "acme-ops-2"'))  # fmt: skip
+    os.kill(os.getpid(), signal.SIGHUP)  # the app's own handler, on this very loop
+    await _until(lambda: client.app[COMPANIES].get("acme") is not before, "acme was reopened")
+    assert (await client.get("/t/acme/ops", headers={"Authorization": "Bearer acme-ops"})).status == 401
+    feed = await client.get("/t/acme/ops/feed", headers={"Authorization": "Bearer acme-ops-2"})
+    assert feed.status == 200 and (await feed.content.readline()).startswith(b"retry:")
+    token = boot_of(await page(client, url("/t/acme", ACME, Surface.TICKET, uphone="13800000001")))["token"]
+    send = {"token": token, "kind": "ticket", "id": "evt-tenant-feed", "data": TICKET}
+    sent = await client.post("/t/acme/panel/send", json=send)
+    assert sent.status == 200
+    assert (await next_send(feed, timeout=10.0))["entryId"] == (await sent.json())["entryId"]
+    feed.close()

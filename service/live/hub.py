@@ -88,16 +88,17 @@ class LiveHub:
     def attach(self, company: Company) -> None:
         """Serve a company's panels: hear its invalidations and the channels of the customers it shows.
         Attaching a company by a name already attached replaces it (a reload): its open panels stay."""
-        old = self._companies.get(company.name)
-        self._companies[company.name] = company
+        name = company.name
+        old = self._companies.get(name)
+        self._companies[name] = company
         if old is not None and old.keys == company.keys:
-            return
+            return  # the handlers look the company up by name: they reach the new one from now on
         if old is not None:
             self._forget_channels(old)
         keys = company.keys
-        self._router.on_channel(keys.invalidations_channel, lambda _, data: company.core.cache.drop_local(data))
+        self._router.on_channel(keys.invalidations_channel, lambda _, data: self._drop_local(name, data))
         prefix = keys.partner_channel("")
-        self._router.on_prefix(prefix, lambda channel, _: self._refresh_later(company.name, channel[len(prefix) :]))
+        self._router.on_prefix(prefix, lambda channel, _: self._refresh_later(name, channel[len(prefix) :]))
         self.subscriber.listen(keys.invalidations_channel)
 
     async def detach(self, name: str) -> None:
@@ -217,6 +218,11 @@ class LiveHub:
                 await self.send_error(conn, error, frame_id)
 
     # pub/sub -------------------------------------------------------------------------------
+
+    def _drop_local(self, company_name: str, partner_id: str) -> None:
+        company = self._companies.get(company_name)
+        if company is not None:
+            company.core.cache.drop_local(partner_id)
 
     def _refresh_later(self, company_name: str, partner_id: str) -> None:
         self._spawn(self.refresh_partner(company_name, partner_id))

@@ -176,7 +176,7 @@ class OpsFeed:
 
     def detach(self) -> None:
         self.reader.unlisten(self.channel)
-        self._router.forget(self.channel)
+        self._router.forget(self.channel, handler=self._on_message)
         self._router.forget_owner(self)
 
     @property

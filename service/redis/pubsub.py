@@ -122,11 +122,13 @@ class Router:
     def on_prefix(self, prefix: str, handler: MessageHandler) -> None:
         self._prefixes[prefix] = handler
 
-    def forget(self, *names: str) -> None:
-        """Drop the handlers of these channels and prefixes."""
+    def forget(self, *names: str, handler: MessageHandler | None = None) -> None:
+        """Drop the handlers of these channels and prefixes (with `handler`: only while it is that one, so an
+        owner that was replaced never drops its successor's)."""
         for name in names:
-            self._exact.pop(name, None)
-            self._prefixes.pop(name, None)
+            for table in (self._exact, self._prefixes):
+                if name in table and (handler is None or table[name] == handler):
+                    del table[name]
 
     def on_connect(self, owner: object, handler: ConnectHandler) -> None:
         self._connect[owner] = handler
