@@ -137,7 +137,10 @@ async def _companies_ctx(app: web.Application) -> AsyncIterator[None]:
     await reconcile(companies, wanted, shared, attach=hub.attach, detach=hub.detach)
     listener = asyncio.create_task(reader.run(), name="pubsub")
     if settings.tenants is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(app, companies, shared, hub))
+        one_at_a_time = asyncio.Lock()  # two SIGHUPs in a row reconcile in turn, never interleaved
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: _spawn_reload(app, companies, shared, hub, one_at_a_time)
+        )
     try:
         yield
     finally:
@@ -165,17 +168,20 @@ def _wanted_companies(settings: Settings) -> dict[str, CompanyConfig]:
 _RELOADS: set[asyncio.Task[None]] = set()
 
 
-def _spawn_reload(app: web.Application, companies: Companies, shared: Shared, hub: LiveHub) -> None:
-    task = asyncio.create_task(reload_tenants(app, companies, shared, hub), name="tenants-reload")
+def _spawn_reload(app: web.Application, companies: Companies, shared: Shared, hub: LiveHub, lock: asyncio.Lock) -> None:
+    task = asyncio.create_task(reload_tenants(app, companies, shared, hub, lock), name="tenants-reload")
     _RELOADS.add(task)
     task.add_done_callback(_RELOADS.discard)
 
 
-async def reload_tenants(app: web.Application, companies: Companies, shared: Shared, hub: LiveHub) -> None:
+async def reload_tenants(
+    app: web.Application, companies: Companies, shared: Shared, hub: LiveHub, lock: asyncio.Lock
+) -> None:
     """SIGHUP: read PANEL_TENANTS again and serve what it says now; a bad file keeps the running set."""
     try:
-        wanted = _wanted_companies(app[SETTINGS])
-        changes = await reconcile(companies, wanted, shared, attach=hub.attach, detach=hub.detach)
+        async with lock:
+            wanted = _wanted_companies(app[SETTINGS])
+            changes = await reconcile(companies, wanted, shared, attach=hub.attach, detach=hub.detach)
     except TenantsError as error:
         for problem in error.problems:
             log.error("tenants reload refused, the running configuration stays: %s", problem)
