@@ -69,7 +69,7 @@ from .common import (
 )
 from .enterprise import TOKEN as ENTERPRISE_TOKEN
 from .enterprise import customers
-from .report import phase_stats, print_report, recovery, timeline
+from .report import capacity, phase_stats, print_report, recovery, timeline
 
 FAULTS = ("redis", "slow-upstream", "failing-upstream", "kill-worker", "drain-worker", "forged")
 SIGN_MAX_AGE = 300
@@ -590,6 +590,7 @@ def build_result(cfg: Config, args: argparse.Namespace, run: dict[str, Any], bas
                               "audit": run["audit"]["per_phase"].get(phase["name"], {})}  # fmt: skip
         rows.append(stats)
     line = timeline(recorder.events, run["samples"])
+    sizing = capacity(rows[1:], run["samples"], cfg.agents)
     png = out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     renderer = plot(png, line, phases, f"call-center shift: {cfg.agents} agents, --workers {cfg.workers}")
@@ -597,7 +598,7 @@ def build_result(cfg: Config, args: argparse.Namespace, run: dict[str, Any], bas
     return {"bench": "callcenter", "machine": machine(), "client_loop": loop, "quick": args.quick,
             "config": vars(cfg), "elapsed_s": elapsed, "panel_frame_bytes": run["frame_bytes"], "phases": rows,
             "audit": run["audit"], "forged": forged, "timeline": line, "plot": str(png),
-            "plot_renderer": renderer}  # fmt: skip
+            "plot_renderer": renderer, "capacity": sizing}  # fmt: skip
 
 
 if __name__ == "__main__":

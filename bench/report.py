@@ -126,6 +126,32 @@ def timeline(events: Sequence[Event], samples: Sequence[dict[str, Any]]) -> dict
     return line
 
 
+def capacity(phases: Sequence[dict[str, Any]], samples: Sequence[dict[str, Any]], agents: int,
+             targets: Sequence[int] = (2_000, 10_000)) -> dict[str, Any]:  # fmt: skip
+    """Sizing from the steady phase: agents one core carries at 50 % CPU, and resident memory per panel.
+
+    CPU: the workers' CPU at steady (every agent connected, switching, opening panels, sending), scaled to
+    half a core. Memory: the workers' peak RSS at steady minus their RSS before the first agent logged in,
+    over the agents. A pod for N agents: N / (agents per core at 50 %) cores, and its workers' idle RSS
+    plus N panels; the 50 % leaves the other half for reconnect storms and the first page of a shift."""
+    steady = next((p for p in phases if p["kind"] == "steady"), None)
+    if steady is None or not samples:
+        return {}
+    cpu = sum(pct for role, pct in steady["cpu_pct"].items() if role.startswith("worker"))
+    idle = _rss(samples[:1]).get("workers_total", math.nan)
+    busy = steady["rss_mib"].get("workers_total", math.nan)
+    workers = sum(1 for role in samples[0]["rss_kib"] if role.startswith("worker")) or 1
+    per_core = agents * 50 / cpu if cpu > 0 else math.nan
+    per_panel_kib = (busy - idle) * 1024 / agents if agents else math.nan
+    pods = []
+    for target in targets:
+        cores = target / per_core if per_core == per_core else math.nan
+        mib = idle / workers * max(1, math.ceil(cores)) + target * per_panel_kib / 1024
+        pods.append({"agents": target, "cores": cores, "workers": max(1, math.ceil(cores)), "memory_mib": mib})
+    return {"agents": agents, "workers_cpu_pct": cpu, "agents_per_core_at_50pct": per_core,
+            "idle_worker_mib": idle / workers, "panel_kib": per_panel_kib, "pods": pods}  # fmt: skip
+
+
 # --- printing -------------------------------------------------------------------------------------
 
 
@@ -170,6 +196,15 @@ def print_report(result: dict[str, Any]) -> None:
         print("resident memory at steady (MiB, peak): " + ", ".join(
             f"{role} {mib:.0f}" for role, mib in steady["rss_mib"].items()) + "; CPU %: " + ", ".join(
             f"{role} {pct:.0f}" for role, pct in steady["cpu_pct"].items()))  # fmt: skip
+    sizing = result.get("capacity") or {}
+    if sizing:
+        print(f"\ncapacity: {sizing['agents']} agents took {sizing['workers_cpu_pct']:.0f} % of a core over the "
+              f"workers at steady -> {sizing['agents_per_core_at_50pct']:,.0f} agents per core at 50 % CPU; "
+              f"{sizing['panel_kib']:.0f} KiB per panel over an idle worker's "
+              f"{sizing['idle_worker_mib']:.0f} MiB")  # fmt: skip
+        print(render_table(["agents", "cores at 50 %", "workers", "memory MiB"],
+                           [(p["agents"], f"{p['cores']:.2f}", p["workers"], f"{p['memory_mib']:.0f}")
+                            for p in sizing["pods"]]))  # fmt: skip
     faults = [p for p in phases if p["kind"] == "fault"]
     if faults:
         print(

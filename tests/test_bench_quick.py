@@ -45,5 +45,27 @@ def test_callcenter_quick_keeps_the_audit_invariant_and_refuses_forgeries(tmp_pa
     assert forged["relays_accepted"] == 0, forged
     assert forged["refused"] == forged["sent"] - forged["transport_errors"]
 
+    sizing = result["capacity"]
+    assert sizing["agents_per_core_at_50pct"] > 0 and sizing["panel_kib"] == sizing["panel_kib"]
+    assert [pod["agents"] for pod in sizing["pods"]] == [2_000, 10_000]
+
     assert Path(result["plot"]).stat().st_size > 0
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_capacity_scales_the_steady_phase_to_half_a_core_and_counts_memory_per_panel() -> None:
+    from bench.report import capacity
+
+    mib = 1024  # KiB
+    samples = [{"t": 0.0, "rss_kib": {"worker1": 50 * mib, "worker2": 50 * mib, "redis": 9 * mib}}]
+    steady = {"kind": "steady", "cpu_pct": {"worker1": 10.0, "worker2": 15.0, "redis": 40.0},
+              "rss_mib": {"workers_total": 100.0 + 2_000 * 25 / 1024}}  # fmt: skip
+    sizing = capacity([{"kind": "ramp"}, steady], samples, 2_000)
+    assert sizing["agents_per_core_at_50pct"] == pytest.approx(4_000)  # 2,000 agents on 25 % of a core
+    assert sizing["panel_kib"] == pytest.approx(25)
+    assert sizing["idle_worker_mib"] == pytest.approx(50)
+    small, large = sizing["pods"]
+    assert (small["agents"], small["cores"], small["workers"]) == (2_000, 0.5, 1)
+    assert small["memory_mib"] == pytest.approx(50 + 2_000 * 25 / 1024)
+    assert (large["cores"], large["workers"]) == (2.5, 3)
+    assert large["memory_mib"] == pytest.approx(3 * 50 + 10_000 * 25 / 1024)
