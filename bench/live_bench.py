@@ -244,8 +244,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.panels, args.seconds = [200], 3.0
-    limit = raise_fd_limit()
-    if limit < max(args.panels) * 2 + 200:
+    limit = raise_fd_limit()  # the clients' sockets are all in this process; each server has its own limit
+    if limit < max(args.panels) + 200:
         print(f"open-file limit {limit} is too low for {max(args.panels)} panels", file=sys.stderr)
         return 2
     loop = use_uvloop()
