@@ -206,9 +206,8 @@ class LiveHub:
         company = self._companies.get(conn.company)
         if context is None or company is None:
             return False
-        panel = await company.core.build(
-            conn.surface, context, conn.lang, conn.view, session=conn.claims, signed_now=signed_now
-        )
+        panel = await company.core.build(conn.surface, context, conn.lang, conn.view, session=conn.claims,
+                                         signed_now=signed_now, with_token=not unless_shown)  # fmt: skip
         shown = digest(panel.parts)
         if (
             unless_shown
@@ -220,7 +219,8 @@ class LiveHub:
             return False
         conn.claims, conn.shown = panel.claims, shown
         self._watch(conn, panel.claims.partner_id)
-        await conn.send({"type": "panel", "id": frame_id, "html": panel.html, "token": panel.token,
+        token = panel.token or company.core.tokens.issue(panel.claims)  # minted only for a panel that is sent
+        await conn.send({"type": "panel", "id": frame_id, "html": panel.html, "token": token,
                          "partnerId": panel.claims.partner_id, "signedAt": context.signed_at_ms})  # fmt: skip
         return True
 
