@@ -8,6 +8,7 @@ distinct customer, each panel is rendered at most once, and a push identical to 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,7 @@ from sobot_panel.settings import Settings
 from bench.enterprise import FakeEnterprise, customers
 
 from .helpers.fake_enterprise import TOKEN
-from .helpers.live import boot_of, hello, next_frame, selected, workbench_fields
+from .helpers.live import boot_of, hello, next_frame, now_ms, selected, workbench_fields
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
 PANELS = 200
@@ -199,3 +200,26 @@ async def test_a_replaced_replica_s_panels_come_back_on_another(
     for index in range(1, PANELS, 2):
         assert await panels.frames_until_pong(panels.sockets[index]) == []
     assert survivor  # still serving
+
+
+async def test_a_skipped_push_still_renews_a_token_due_for_renewal(
+    replicas: list[TestClient[Any, Any]], session: aiohttp.ClientSession
+) -> None:
+    panels = Panels(session)
+    await panels.load(replicas[:1])
+    hub = hub_of(replicas[0])
+    due = next(conn for conn in hub.connections if conn.partner_id == partner(0))
+    # Past half its life: the token must be renewed, so this panel is pushed although it shows the same.
+    due.claims = dataclasses.replace(due.claims, expires_ms=now_ms() + 60_000)
+    skipped = counter(replicas[0], "panel_pushes_skipped_total")
+    await hub.refresh_all()
+    assert counter(replicas[0], "panel_pushes_skipped_total") - skipped == PANELS - 1
+    renewed = [(i, f) for i, ws in enumerate(panels.sockets) for f in await panels.frames_until_pong(ws)]
+    assert len(renewed) == 1
+    index, frame = renewed[0]
+    assert partner(index) == partner(0) and frame["partnerId"] == partner(0)
+    assert due.claims.expires_ms > now_ms() + 60_000  # the claims the new token carries
+    # The renewed token opens a socket.
+    ws = await session.ws_connect(replicas[0].make_url("/ws"))
+    await ws.send_json(hello(frame["token"]))
+    await next_frame(ws, "ready")
