@@ -42,6 +42,7 @@ import aiohttp
 
 from .common import (
     RESULTS,
+    cpu_seconds,
     dump_json,
     free_port,
     helper,
@@ -52,6 +53,7 @@ from .common import (
     render_table,
     service_env,
     signed_fields,
+    summary,
     use_uvloop,
 )
 from .enterprise import TOKEN as ENTERPRISE_TOKEN
@@ -154,9 +156,12 @@ class Client:
     def snapshot(self) -> dict[str, Any]:
         moved = [p for p in self.panels if p.closed_at is not None]
         back = [p.back_at for p in moved if p.back_at is not None]
+        closes = [p.closed_at for p in moved if p.closed_at is not None]
+        gaps = [p.back_at - p.closed_at for p in moved if p.back_at is not None and p.closed_at is not None]
         return {"warm": sum(p.warm for p in self.panels), "moved": len(moved), "back": len(back),
                 "back_last": max(back, default=None), "frames": sum(p.frames for p in self.panels),
-                "framed": sum(p.frames > 0 for p in self.panels),
+                "framed": sum(p.frames > 0 for p in self.panels), "gaps": gaps,
+                "first_close": min(closes, default=None), "last_close": max(closes, default=None),
                 "max_frames": max((p.frames for p in self.panels), default=0), "errors": dict(self.errors)}  # fmt: skip
 
 
@@ -213,10 +218,13 @@ class Clients:
             for kind, count in part["errors"].items():
                 errors[kind] = errors.get(kind, 0) + count
         lasts = [p["back_last"] for p in parts if p["back_last"] is not None]
+        firsts = [p["first_close"] for p in parts if p["first_close"] is not None]
+        last_closes = [p["last_close"] for p in parts if p["last_close"] is not None]
         return {"warm": sum(p["warm"] for p in parts), "moved": sum(p["moved"] for p in parts),
                 "back": sum(p["back"] for p in parts), "back_last": max(lasts, default=None),
                 "frames": sum(p["frames"] for p in parts), "max_frames": max(p["max_frames"] for p in parts),
-                "framed": sum(p["framed"] for p in parts),
+                "framed": sum(p["framed"] for p in parts), "gaps": [g for p in parts for g in p["gaps"]],
+                "first_close": min(firsts, default=None), "last_close": max(last_closes, default=None),
                 "errors": errors}  # fmt: skip
 
     def stop(self) -> None:
@@ -287,7 +295,7 @@ def run(panels: int, customers: int, clients_n: int) -> dict[str, Any]:
         redis = stack.enter_context(redis_server())
         enterprise, _ = stack.enter_context(helper("enterprise", "--customers", str(customers)))
         a, proc_a = replica(stack, redis.url, enterprise, "a")
-        b, _ = replica(stack, redis.url, enterprise, "b")
+        b, proc_b = replica(stack, redis.url, enterprise, "b")
         wait_ready(a), wait_ready(b)
         ws = {base: base.replace("http://", "ws://") + "/ws" for base in (a, b)}
         clients = Clients([ws[a], ws[b]], panels, customers, clients_n)
@@ -300,8 +308,11 @@ def run(panels: int, customers: int, clients_n: int) -> dict[str, Any]:
         # (a) a replica replaced
         calls0 = upstream_calls(enterprise)
         clients.tell("mark")
-        c, _ = replica(stack, redis.url, enterprise, "c")
+        c, proc_c = replica(stack, redis.url, enterprise, "c")
         ready_at = wait_ready(c)
+        busy = {"replica b": proc_b.pid, "replica c": proc_c.pid,
+                **{f"client {i}": proc.pid for i, proc in enumerate(clients.procs)}}  # fmt: skip
+        cpu0 = {name: cpu_seconds(pid) for name, pid in busy.items()}
         ws[c] = c.replace("http://", "ws://") + "/ws"
         clients.tell("rotation", [ws[b], ws[c]])
         on_a = metric(a, "panel_websockets_open")
@@ -311,10 +322,15 @@ def run(panels: int, customers: int, clients_n: int) -> dict[str, Any]:
             "every moved panel back",
             lambda: (s := clients.snapshot())["moved"] >= on_a and s["back"] >= s["moved"] and s,
         )
-        replaced = {"panels_on_old": on_a, "moved": snap["moved"], "back": snap["back"],
+        window = snap["back_last"] - ready_at
+        cpu = {name: (cpu_seconds(pid) - cpu0[name]) / window for name, pid in busy.items()}  # share of a core
+        replaced = {"cpu_share": cpu, "panels_on_old": on_a, "moved": snap["moved"], "back": snap["back"],
                     "back_s": snap["back_last"] - ready_at, "upstream_lookups": upstream_calls(enterprise) - calls0,
                     "distinct_customers": distinct, "errors": snap["errors"],
-                    "http_5xx": sum(n for k, n in snap["errors"].items() if k.startswith("http_5"))}  # fmt: skip
+                    "http_5xx": sum(n for k, n in snap["errors"].items() if k.startswith("http_5")),
+                    # where the time goes: SIGTERM to the closes, then each panel's close to its panel frame
+                    "closes_from_s": snap["first_close"] - ready_at, "closes_until_s": snap["last_close"] - ready_at,
+                    "close_to_back": summary(snap["gaps"])}  # fmt: skip
         print(f"  (a) {snap['back']} panels back {replaced['back_s']:.2f} s after the new replica was ready",
               file=sys.stderr, flush=True)  # fmt: skip
 
@@ -382,8 +398,15 @@ def main(argv: list[str]) -> int:
           b["max_frames_per_panel"], b["pushes_skipped"], b["pushed_frames"], b["peak_concurrency"],
           b["concurrency_bound"], b["upstream_lookups"])],
     ))  # fmt: skip
+    gap = a["close_to_back"]
     print(
-        f"\ntwo replicas + one new, one redis-server, {args.clients} client processes; errors (a): "
+        f"\n(a) the old replica's panels saw their close {a['closes_from_s']:.2f}-{a['closes_until_s']:.2f} s after "
+        f"the new replica was ready; close to panel shown again: p50 {gap['p50']:.2f} s, p99 {gap['p99']:.2f} s, "
+        f"max {gap['max']:.2f} s (backoff with full jitter: 0-1 s, then the reconnect, hello and resync); CPU "
+        "meanwhile, share of a core: " + ", ".join(f"{k} {v:.0%}" for k, v in a["cpu_share"].items())
+    )
+    print(
+        f"two replicas + one new, one redis-server, {args.clients} client processes; errors (a): "
         f"{a['errors'] or 'none'}; (b): {b['errors'] or 'none'}"
     )
     out = dump_json(args.out or RESULTS / f"storm-{time.strftime('%Y%m%d-%H%M%S')}.json",
