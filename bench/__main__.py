@@ -1,6 +1,6 @@
-"""`python -m bench [all | pages | live | audit | callcenter] [ARGS ...]`
+"""`python -m bench [all | pages | live | storm | audit | callcenter] [ARGS ...]`
 
-`all` (the default) runs pages, live, audit and callcenter in turn with their defaults (`all --quick`:
+`all` (the default) runs pages, live, storm, audit and callcenter in turn with their defaults (`all --quick`:
 each in its quick form). A named benchmark gets the remaining arguments (`python -m bench live -h`).
 """
 
@@ -10,7 +10,8 @@ import importlib
 import sys
 import time
 
-BENCHES = {"pages": "pages_bench", "live": "live_bench", "audit": "audit_bench", "callcenter": "callcenter"}
+BENCHES = {"pages": "pages_bench", "live": "live_bench", "storm": "storm_bench", "audit": "audit_bench",
+           "callcenter": "callcenter"}  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

@@ -119,7 +119,8 @@ async def _companies_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     router = Router()
     reader = PubSubReader(app[REDIS], name="pubsub", on_message=router.message, on_connect=router.connected)
-    hub = LiveHub(reader=reader, router=router, catalog=app[CATALOG], metrics=app[METRICS])
+    hub = LiveHub(reader=reader, router=router, catalog=app[CATALOG], metrics=app[METRICS],
+                  resync_concurrency=settings.resync_concurrency)  # fmt: skip
     companies = Companies()
     app[PUBSUB], app[HUB], app[COMPANIES] = reader, hub, companies
     shared = Shared(

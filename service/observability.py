@@ -92,6 +92,18 @@ class Metrics:
         self.websockets = Gauge(
             "panel_websockets_open", "Open panel websockets", registry=self.registry, multiprocess_mode="livesum"
         )
+        self.resyncs = Counter(
+            "panel_resyncs", "Panels resynchronised (each rendered once) after a pub/sub reconnect",
+            registry=self.registry,
+        )  # fmt: skip
+        self.pushes_skipped = Counter(
+            "panel_pushes_skipped", "Pushes nobody asked for, skipped: the panel already showed that HTML",
+            registry=self.registry,
+        )  # fmt: skip
+        self.resync_peak = Gauge(
+            "panel_resync_peak", "Most panels resynchronised at once (bounded by PANEL_RESYNC_CONCURRENCY)",
+            registry=self.registry, multiprocess_mode="max",
+        )  # fmt: skip
         # Under `serve --workers N` a gauge file per worker: "livemostrecent" keeps the value a live worker
         # wrote last, and the supervisor's mark_process_dead() drops a dead worker's (with "max", a killed
         # worker's group lag stayed on /metrics after Redis said 0).

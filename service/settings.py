@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     # overlap a socket the server has not yet seen die). Counted per session, never per IP address:
     # a call center's agents share one NAT address.
     ws_per_session: int = Field(default=4, ge=1, le=64)
+    # panels re-rendered at once when the pub/sub connection comes back (every panel of the replica is
+    # resynchronised then): enough to overlap Redis round trips, few enough that pages and relays still run
+    resync_concurrency: int = Field(default=16, ge=1, le=1024)
 
     # several Sobot companies from one deployment: a TOML file of [tenants.NAME] tables (README, "Many companies")
     tenants: Path | None = None

@@ -6,15 +6,23 @@ invalidation reaches only the replicas that need it: one listener per indexed so
 reader (`sobot_panel.redis.pubsub`) subscribes on the first and unsubscribes on the last. One reader serves
 every company: a company's channels carry its key prefix, so the router hands each message to the hub with
 the company it belongs to. Pub/sub is at most once: refreshes published while the reader is away are
-lost, so after every reconnect the hub resynchronises its panels (a push identical to what a panel shows
-changes nothing there).
+lost, so after every reconnect the hub resynchronises its panels.
+
+A resynchronisation is a storm (every panel of the replica at once), so it is spread over
+`resync_concurrency` workers instead of one panel after another, a panel already waiting in it is not
+queued twice, one customer's panels are taken together (its lost invalidation is made good by dropping
+its local copies once: the first lookup fills the local tier and single-flight shares it with the rest),
+and a push identical to what the panel shows is skipped (a digest of the last pushed HTML is kept per
+socket, never the HTML itself) unless the panel's token is due for renewal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -49,6 +57,7 @@ class Connection:
     session: str = ""  # the session this socket belongs to (the per-session cap counts these)
     watching: str = ""  # the customer this connection is indexed (and listens) under; the hub's business
     watching_channel: str = ""  # that customer's channel (of this connection's company)
+    shown: bytes = b""  # digest of the HTML last pushed (what the panel shows); b"": not known here
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(rate=5.0, burst=20.0))
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -57,6 +66,14 @@ class Connection:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.send_str(compact(frame))
+
+
+def digest(parts: list[bytes]) -> bytes:
+    """What a panel shows, in 16 bytes: enough to tell an identical push from a new one."""
+    hashed = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        hashed.update(part)
+    return hashed.digest()
 
 
 class Company(Protocol):
@@ -70,7 +87,9 @@ class Company(Protocol):
 class LiveHub:
     """Open panels of this replica, indexed by the company and customer they show."""
 
-    def __init__(self, *, reader: PubSubReader, router: Router, catalog: Catalog, metrics: Metrics) -> None:
+    def __init__(
+        self, *, reader: PubSubReader, router: Router, catalog: Catalog, metrics: Metrics, resync_concurrency: int = 16
+    ) -> None:
         self._catalog = catalog
         self._metrics = metrics
         self.subscriber = reader  # the deployment's one pub/sub reader (shared with the ops feeds)
@@ -81,6 +100,10 @@ class LiveHub:
         self.per_session: Counter[str] = Counter()
         self.closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.resync_concurrency = max(1, resync_concurrency)
+        self._queued: set[Connection] = set()  # waiting in a resynchronisation: never queued twice
+        self._resyncing = 0  # panels being resynchronised right now (bounded by resync_concurrency)
+        self.resync_peak = 0  # the most at once since this hub started
         router.on_connect(self, self._on_connect)
 
     # companies -----------------------------------------------------------------------------
@@ -165,21 +188,41 @@ class LiveHub:
     # pushing -------------------------------------------------------------------------------
 
     async def push_panel(
-        self, conn: Connection, context: SurfaceContext | None, frame_id: FrameId = None, *, signed_now: bool
-    ) -> None:
-        """Render this context for the connection and push it, with the session renewed for what it shows.
+        self,
+        conn: Connection,
+        context: SurfaceContext | None,
+        frame_id: FrameId = None,
+        *,
+        signed_now: bool,
+        unless_shown: bool = False,
+    ) -> bool:
+        """Render this context for the connection and push it, with the session renewed for what it shows;
+        False when nothing was pushed.
 
-        `signed_now`: the context was verified just now (a relayed `selected`), not re-read from the token."""
+        `signed_now`: the context was verified just now (a relayed `selected`), not re-read from the token.
+        `unless_shown`: a push nobody asked for is skipped when the panel already shows this very HTML and
+        its token is not due for renewal (the panel keeps its token, still valid, and the claims here stay
+        the ones that token carries)."""
         company = self._companies.get(conn.company)
         if context is None or company is None:
-            return
-        panel = await company.core.build(
-            conn.surface, context, conn.lang, conn.view, session=conn.claims, signed_now=signed_now
-        )
-        conn.claims = panel.claims
+            return False
+        panel = await company.core.build(conn.surface, context, conn.lang, conn.view, session=conn.claims,
+                                         signed_now=signed_now, with_token=not unless_shown)  # fmt: skip
+        shown = digest(panel.parts)
+        if (
+            unless_shown
+            and shown == conn.shown
+            and panel.claims.partner_id == conn.claims.partner_id
+            and company.core.renewed(conn.claims) is None
+        ):
+            self._metrics.pushes_skipped.inc()
+            return False
+        conn.claims, conn.shown = panel.claims, shown
         self._watch(conn, panel.claims.partner_id)
-        await conn.send({"type": "panel", "id": frame_id, "html": panel.html, "token": panel.token,
+        token = panel.token or company.core.tokens.issue(panel.claims)  # minted only for a panel that is sent
+        await conn.send({"type": "panel", "id": frame_id, "html": panel.html, "token": token,
                          "partnerId": panel.claims.partner_id, "signedAt": context.signed_at_ms})  # fmt: skip
+        return True
 
     async def send_error(self, conn: Connection, error: PanelError, frame_id: FrameId) -> None:
         message = self._catalog.error_text(error, conn.lang)
@@ -195,27 +238,65 @@ class LiveHub:
             await self._refresh(conn)
 
     async def refresh_all(self) -> None:
-        for conn in list(self.connections):
-            await self._refresh(conn)
+        """Resynchronise every panel of this replica (after a pub/sub reconnect), `resync_concurrency` at a
+        time. Panels already waiting from an earlier call are not queued again; each panel is rendered once."""
+        fresh = [conn for conn in self.connections if conn not in self._queued]
+        if not fresh:
+            return
+        self._queued.update(fresh)
+        # One customer's panels together: the first lookup refills the local tier and the rest hit it.
+        fresh.sort(key=lambda conn: (conn.company, conn.watching))
+        for company_name, partner_id in {(conn.company, conn.watching) for conn in fresh}:
+            company = self._companies.get(company_name)
+            if company is not None and partner_id:
+                company.core.cache.drop_local(partner_id)  # its invalidation may be among what was lost
+        started, pushed = time.monotonic(), 0
+        queue = iter(fresh)  # the workers share one iterator: each panel is taken by exactly one
 
-    async def _refresh(self, conn: Connection) -> None:
-        """A push no frame asked for: a failure nobody foresaw is logged once (never with its message) and
-        told to this panel alone, and the next panel is still refreshed."""
+        async def worker() -> None:
+            nonlocal pushed
+            for conn in queue:
+                self._queued.discard(conn)
+                if conn not in self.connections:
+                    continue  # closed while it waited
+                self._resyncing += 1
+                self.resync_peak = max(self.resync_peak, self._resyncing)
+                self._metrics.resyncs.inc()
+                try:
+                    pushed += await self._refresh(conn, unless_shown=True)
+                finally:
+                    self._resyncing -= 1
+                await asyncio.sleep(0)  # a render that never waited must not keep the loop from other sockets
+
+        await asyncio.gather(*(worker() for _ in range(min(self.resync_concurrency, len(fresh)))))
+        self._metrics.resync_peak.set(self.resync_peak)
+        log.info("resynchronised %d panels in %.2f s: %d pushed, the rest unchanged (at most %d at once)",
+                 len(fresh), time.monotonic() - started, pushed, self.resync_peak)  # fmt: skip
+
+    async def _refresh(self, conn: Connection, *, unless_shown: bool = False) -> bool:
+        """A push no frame asked for (`unless_shown`: skipped when the panel already shows it): a failure
+        nobody foresaw is logged once (never with its message) and told to this panel alone, and the next
+        panel is still refreshed. True when something was pushed."""
         try:
-            await self.resync(conn, None)
+            return await self.resync(conn, None, unless_shown=unless_shown)
         except Exception as error:
             log.error("panel refresh failed, answered internal_error: %s", fault_line(error))
             await self.send_error(conn, PanelError(Code.INTERNAL_ERROR), None)
+            return True
 
-    async def resync(self, conn: Connection, frame_id: FrameId) -> None:
+    async def resync(self, conn: Connection, frame_id: FrameId, *, unless_shown: bool = False) -> bool:
+        """Push the panel its token's context again (`unless_shown`: not when it already shows that; a
+        panel's own `resync` frame is always answered). True when something was pushed."""
         company = self._companies.get(conn.company)
         if company is None:
-            return
+            return False
         async with conn.lock:
             try:
-                await self.push_panel(conn, company.core.context_of(conn.claims), frame_id, signed_now=False)
+                context = company.core.context_of(conn.claims)
+                return await self.push_panel(conn, context, frame_id, signed_now=False, unless_shown=unless_shown)
             except PanelError as error:
                 await self.send_error(conn, error, frame_id)
+                return True
 
     # pub/sub -------------------------------------------------------------------------------
 

@@ -137,16 +137,19 @@ class PanelCore:
         *,
         session: SessionClaims | None = None,
         signed_now: bool = True,
+        with_token: bool = True,
     ) -> Panel:
         """Look the context's customer up and render it, with a token for what is shown.
 
         `session`: the session this panel continues (a relay or a resync on an open socket keeps its id);
         `signed_now`: the context's sign was verified just now (a page load, a relayed `selected`), so the
-        session's absolute lifetime starts again; a resync of the context a token already holds keeps it."""
+        session's absolute lifetime starts again; a resync of the context a token already holds keeps it.
+        `with_token=False`: the token is left empty, for a caller that may not send this panel at all
+        (`tokens.issue(panel.claims)` mints it)."""
         found = await self.lookup(surface, context) if context is not None else None
         parts = self._fragment(surface, context, found, lang, view) if context is not None and found is not None else []
         claims = self._claims(surface, context, found.customer if found else None, session, signed_now)
-        return Panel(surface, context, found, parts, self.tokens.issue(claims), claims)
+        return Panel(surface, context, found, parts, self.tokens.issue(claims) if with_token else "", claims)
 
     async def lookup(self, surface: Surface, context: SurfaceContext) -> Lookup:
         """The customer the context's trusted keys select (ARCHITECTURE, "The trust model")."""

@@ -33,6 +33,7 @@ from .clients import REDIS_DOWN, RedisClient, as_text, pubsub_for
 log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.1
+SERVING_PROBE = "panel:pubsub:serving"  # a key only ever asked about (EXISTS), never written
 BACKOFF_MAX_S = 1.0  # Redis back -> resubscribed (and owners resynchronised) within about a second
 POLL_S = 0.05  # how long one read waits: also how soon a new listener's SUBSCRIBE goes out
 PING_EVERY_S = 5.0  # an idle connection is pinged: a dead one shows itself here, not by silence
@@ -222,6 +223,8 @@ class PubSubReader:
             try:
                 self.subscriptions.lost()  # a fresh connection holds nothing yet
                 await self._reconcile(pubsub)
+                if not first:
+                    await self._until_serving()
                 if self._on_connect is not None:
                     await self._on_connect(not first)
                 if self.failures:
@@ -255,6 +258,17 @@ class PubSubReader:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
         self.connected.clear()
+
+    async def _until_serving(self) -> None:
+        """Before owners catch up after a reconnect: the idle pooled connections of the shared client went
+        down with the old server (each would fail its next command once, sending the cache around Redis for
+        a second), so they are dropped; and SUBSCRIBE works while a restarted Redis still loads its data,
+        reads do not (LOADING, raised here so the loop retries with its backoff)."""
+        pool = getattr(self._redis, "connection_pool", None)  # a Cluster client heals per node on its own
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.disconnect(inuse_connections=False)
+        await self._redis.exists(SERVING_PROBE)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
