@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..protocol.card_builders import (
 )
 from ..protocol.surfaces import Surface, SurfaceContext, View
 from ..protocol.ticket_fields import TicketField, is_http_url
+from .header import HeaderPieces
 
 LAYOUT = {
     Surface.WORKBENCH: "column",
@@ -82,8 +84,58 @@ def ms_datetime(ms: int | None) -> str:
     return china_time(ms or 0)
 
 
+# One encoder for every call: json.dumps with arguments builds a new JSONEncoder each time.
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def compact_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _COMPACT.encode(value)
+
+
+def attr_json(value: Any) -> str:
+    """`value` as JSON escaped for an HTML attribute (what `data-boot` holds)."""
+    return str(escape(_COMPACT.encode(value)))
+
+
+class SplicedJson:
+    """A JSON object for an HTML attribute whose members are fixed but for a few, encoded once.
+
+    `template` is the object with a `Splice` marker in place of each varying value; `fill()` gives the
+    same bytes as `attr_json()` of the object with the values put in, escaping only those values."""
+
+    def __init__(self, template: dict[str, Any]) -> None:
+        text = attr_json(template)
+        marks = [
+            (text.index(attr_json(mark)), attr_json(mark)) for mark in template.values() if isinstance(mark, Splice)
+        ]
+        self.fixed: list[bytes] = []
+        at = 0
+        for start, mark in sorted(marks):
+            self.fixed.append(text[at:start].encode())
+            at = start + len(mark)
+        self.fixed.append(text[at:].encode())
+
+    def fill(self, values: Sequence[object]) -> bytes:
+        """The attribute with `values` in the markers' order of appearance."""
+        fixed = self.fixed
+        out = [fixed[0]]
+        for piece, value in zip(fixed[1:], values, strict=True):
+            # ints and None as JSON writes them (no escaping needed); the encoder's slow path is for others
+            if value is None:
+                out.append(b"null")
+            elif type(value) is int:
+                out.append(str(value).encode())
+            else:
+                out.append(attr_json(value).encode())
+            out.append(piece)
+        return b"".join(out)
+
+
+class Splice(str):
+    """A marker for a varying member of a `SplicedJson` (unlike any real value: control characters)."""
+
+    def __new__(cls, name: str) -> Splice:
+        return super().__new__(cls, f"\x01{name}\x01")
 
 
 def script_json(value: Any) -> Markup:
@@ -136,6 +188,7 @@ class Renderer:
             lang: script_json({code: catalog.text(code, lang) for code in SCRIPT_MESSAGES}) for lang in ("zh", "en")
         }
         self._shells: dict[tuple[Lang, str, str, bool], tuple[bytes, bytes, bytes]] = {}
+        self._headers = {lang: HeaderPieces(self.t(lang)) for lang in ("zh", "en")}
         self.hits = 0
         self.misses = 0
 
@@ -261,8 +314,9 @@ class Renderer:
         fields = context.display_fields() if context else []
         # The closed disclosure shows one short fact (the caller, the skill group, the ticket), never a long id.
         peek = next((value for name, value in fields if name not in LONG_IDS), "")
-        header = self._jinja.get_template("_context.html").render(
-            t=t, customer=customer, context=context, stale=stale, peek=peek, verified=verified,
+        # `_context.html`, compiled (panel/header.py): the one part rendered on every request.
+        header = self._headers[lang].render(
+            customer, context, stale=stale, peek=peek, verified=verified,
             display_fields=[(SURFACE_LABELS.get((surface, name), f"ctx_{name}"), value) for name, value in fields],
         )  # fmt: skip
         if customer is None:
@@ -278,10 +332,12 @@ class Renderer:
 
     # the page around it --------------------------------------------------------------------
 
-    def page(self, lang: Lang, surface: Surface, boot: dict[str, Any], body: list[bytes] | None) -> bytes:
-        """The whole page as bytes; `body` None is the waiting shell of SPEC §4's postMessage mode."""
+    def page(self, lang: Lang, surface: Surface, boot: dict[str, Any] | bytes, body: list[bytes] | None) -> bytes:
+        """The whole page as bytes; `body` None is the waiting shell of SPEC §4's postMessage mode.
+
+        `boot`: the boot data, or its attribute text already encoded (`SplicedJson.fill`)."""
         start, middle, end = self._shell(lang, surface, waiting=body is None)
-        boot_attr = escape(compact_json(boot)).encode()
+        boot_attr = boot if isinstance(boot, bytes) else attr_json(boot).encode()
         return b"".join([start, boot_attr, middle, *(body or ()), end])
 
     def _shell(self, lang: Lang, surface: Surface, *, waiting: bool) -> tuple[bytes, bytes, bytes]:

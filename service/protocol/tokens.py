@@ -43,6 +43,8 @@ MAX_TOKEN_CHARS = 64 * 1024
 _AAD = b"sobot-panel session"
 _PLAIN, _DEFLATED = b"j", b"z"
 _COMPRESS_OVER = 512  # bytes of JSON; below it zlib saves little and costs a few microseconds
+# Built once: json.dumps with arguments builds a new encoder per call, a fifth of minting a token.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +65,9 @@ class SessionClaims:
     tenant: str = ""  # the company the session belongs to ("" for the single-company settings)
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return _ENCODER.encode(
             [self.surface, self.agent, self.partner_id, self.uid, self.cid, int(self.mini_program), self.expires_ms,
              self.born_ms, self.session_id, [item for pair in self.context for item in pair], self.tenant],
-            ensure_ascii=False, separators=(",", ":"),
         ).encode()  # fmt: skip
 
     @classmethod
@@ -105,7 +106,7 @@ class SessionTokens:
         plain = claims.encode()
         body = _DEFLATED + zlib.compress(plain, 6) if len(plain) > _COMPRESS_OVER else _PLAIN + plain
         nonce = os.urandom(NONCE_BYTES)
-        return PREFIX + _b64(nonce + self._issuer.encrypt(nonce, body, _AAD))
+        return PREFIX + base64.urlsafe_b64encode(nonce + self._issuer.encrypt(nonce, body, _AAD)).rstrip(b"=").decode()
 
     def read(self, token: str, now_ms: int) -> SessionClaims:
         """The claims of a token this deployment issued and that has not expired, else TokenError."""
