@@ -19,12 +19,12 @@ from sobot_panel.directory.models import Customer
 from sobot_panel.directory.sample import load_customers
 from sobot_panel.i18n import Catalog, Lang
 from sobot_panel.panel.header import HeaderPieces
-from sobot_panel.panel.rendering import LAYOUT, SURFACE_LABELS, Splice, SplicedJson
+from sobot_panel.panel.rendering import LAYOUT, SURFACE_LABELS, Renderer, Splice, SplicedJson
 from sobot_panel.protocol.surfaces import Surface, SurfaceContext, parse_fields
 
 CATALOG = Catalog.load()
 CUSTOMERS = load_customers()
-HOSTILE = '<script>alert("x")</script> & \'quoted\''
+HOSTILE = "<script>alert(\"x\")</script> & 'quoted'"
 JINJA = jinja2.Environment(
     loader=jinja2.FileSystemLoader(web_dir() / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True,
     undefined=jinja2.StrictUndefined,
@@ -67,7 +67,9 @@ def _customers() -> list[Customer | None]:
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
 @pytest.mark.parametrize(("surface", "fields"), CONTEXTS, ids=[f"{s.value}-{i}" for i, (s, _) in enumerate(CONTEXTS)])
-def test_the_compiled_header_is_the_template_byte_for_byte(lang: Lang, surface: Surface, fields: dict[str, str]) -> None:
+def test_the_compiled_header_is_the_template_byte_for_byte(
+    lang: Lang, surface: Surface, fields: dict[str, str]
+) -> None:
     context = parse_fields(surface, fields)
     peek, display = _arguments(surface, context)
     pieces = HeaderPieces(_t(lang))
@@ -92,7 +94,9 @@ def test_the_compiled_header_escapes_what_the_request_sent() -> None:
     assert "<script>" not in out and str(escape(HOSTILE)) in out and out.count("&lt;script&gt;") == 3
 
 
-def _boot(surface: Surface, lang: Lang, token: object, partner: object, signed_at: object, now: object) -> dict[str, Any]:
+def _boot(
+    surface: Surface, lang: Lang, token: object, partner: object, signed_at: object, now: object
+) -> dict[str, Any]:
     return {"token": token, "surface": surface.value, "view": None, "lang": lang,
             "origins": ["https://*.sobot.com", HOSTILE], "allowSelf": False, "cardFormat": "v6", "signMaxAge": 300,
             "base": "/t/acme", "partnerId": partner, "signedAt": signed_at, "now": now}  # fmt: skip
@@ -112,3 +116,28 @@ def test_spliced_boot_data_is_the_escaped_json_of_the_whole_object(
     expected = str(escape(json.dumps(whole, ensure_ascii=False, separators=(",", ":")))).encode()
     assert spliced.fill((token, partner, signed_at, 1764000000123)) == expected
     assert json.loads(html.unescape(expected.decode())) == whole
+
+
+def _renderer() -> Renderer:
+    jinja = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(web_dir() / "templates"), autoescape=True, trim_blocks=True,
+        lstrip_blocks=True, undefined=jinja2.StrictUndefined,
+    )  # fmt: skip
+    jinja.globals["catalog"] = CATALOG
+    return Renderer(jinja, CATALOG, [], base_url="https://shop.example.cn", card_format="v6")
+
+
+def test_a_customers_views_are_rendered_once_per_content_not_per_object() -> None:
+    renderer = _renderer()
+    first = CUSTOMERS[0]
+    same = Customer.model_validate_json(first.model_dump_json())  # another object, the same content
+    assert same is not first
+    html = renderer.customer_views(first, "zh", None, Surface.WORKBENCH)
+    assert renderer.customer_views(same, "zh", None, Surface.WORKBENCH) == html
+    assert (renderer.misses, renderer.hits) == (1, 1)
+    changed = first.model_copy(update={"phone": "13999999999"})
+    assert "13999999999" in renderer.customer_views(changed, "zh", None, Surface.WORKBENCH)
+    assert renderer.misses == 2  # a change is rendered afresh
+    assert renderer.customer_views(first, "en", None, Surface.WORKBENCH) != html  # per language
+    assert renderer.customer_views(CUSTOMERS[1], "zh", None, Surface.WORKBENCH) != html
+    assert renderer.misses == 4

@@ -1,16 +1,18 @@
 """Rendering panels: the per-request header, the customer's views (cached), and the page around them.
 
 A panel is three parts. The header (agent, the surface's own fields such as callId or the IVR trail)
-changes with every conversation and is rendered per request; it is small. The customer's views
-(profile, orders with their ready cards, tickets, the new-ticket form) depend only on the customer
-object, the language and the view, so they are rendered once and kept in a bounded in-process LRU
-keyed by the customer object itself: the directory cache hands out the same object until the customer
-changes or is invalidated, so a new object means a new render and nothing stale is ever shown.
+changes with every conversation and is built per request from pre-escaped pieces (panel/header.py). The
+customer's views (profile, orders with their ready cards, tickets, the new-ticket form) depend only on
+the customer's content, the language and the view, so they are rendered once per change of that content
+and kept in a bounded in-process LRU keyed by a digest of the customer's content: a customer read again
+from Redis, refreshed from the directory or invalidated unchanged is not rendered again, and a changed
+one has another digest, so nothing stale is ever shown. The digest is computed once per Customer object.
 Sobot's `params` (per conversation) are rendered separately and put in at a marker.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -72,7 +74,7 @@ class Actions:
     tickets: bool
 
 
-ViewsKey = tuple[int, Lang, str | None, Actions]
+ViewsKey = tuple[bytes, Lang, str | None, Actions]
 
 
 def yuan(fen: int | str) -> str:
@@ -183,7 +185,9 @@ class Renderer:
         self._ticket_surfaces = ticket_surfaces
         self._customer_lang: Lang = customer_lang
         self._cache_size = cache_size
-        self._views: OrderedDict[ViewsKey, tuple[Customer, str, tuple[bytes, bytes]]] = OrderedDict()
+        self._views: OrderedDict[ViewsKey, tuple[str, tuple[bytes, bytes]]] = OrderedDict()
+        # Customer object (by id, the object held so its id is not reused) -> the digest of its content
+        self._versions: OrderedDict[int, tuple[Customer, bytes]] = OrderedDict()
         self._messages = {
             lang: script_json({code: catalog.text(code, lang) for code in SCRIPT_MESSAGES}) for lang in ("zh", "en")
         }
@@ -217,21 +221,31 @@ class Renderer:
     ) -> tuple[str, tuple[bytes, bytes]]:
         """The views as text, and as UTF-8 bytes split at the params marker (pages are assembled as bytes)."""
         actions = self.actions(surface)
-        key = (id(customer), lang, view.value if view else None, actions)
+        key = (self.version(customer), lang, view.value if view else None, actions)
         cached = self._views.get(key)
-        # Holding the customer in the entry keeps its id from being reused while the entry lives.
-        if cached is not None and cached[0] is customer:
+        if cached is not None:
             self._views.move_to_end(key)
             self.hits += 1
-            return cached[1], cached[2]
+            return cached
         self.misses += 1
         html = self._jinja.get_template("_views.html").render(self._views_context(customer, lang, view, actions))
         before, _, after = html.partition(PARAMS_MARK)
-        parts = (before.encode(), after.encode())
-        self._views[key] = (customer, html, parts)
+        entry = self._views[key] = (html, (before.encode(), after.encode()))
         if len(self._views) > self._cache_size:
             self._views.popitem(last=False)
-        return html, parts
+        return entry
+
+    def version(self, customer: Customer) -> bytes:
+        """A digest of the customer's content: equal content, equal digest, whichever object holds it."""
+        known = self._versions.get(id(customer))
+        if known is not None and known[0] is customer:
+            self._versions.move_to_end(id(customer))
+            return known[1]
+        digest = hashlib.blake2b(customer.model_dump_json().encode(), digest_size=16).digest()
+        self._versions[id(customer)] = (customer, digest)
+        if len(self._versions) > self._cache_size:
+            self._versions.popitem(last=False)
+        return digest
 
     def _where(self, surfaces: frozenset[Surface], lang: Lang) -> str:
         """Where an action lives, in words: "客服工作台", "工单中心、呼叫中心"."""

@@ -317,7 +317,10 @@ def split_query(raw: str) -> list[tuple[str, str]]:
                         pairs.append((name, value))
             continue
         name, _, value = piece.partition("=")
-        pairs.append((_unquote(name, "name"), _unquote(value, name)))
+        if "%" in piece:  # else decoding changes nothing (`+` stays a plus)
+            pairs.append((_unquote(name, "name"), _unquote(value, name)))
+        else:
+            pairs.append((name, value))
     return pairs
 
 
