@@ -45,7 +45,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         # request the page makes, to us or anyone, may carry it as a Referer.
         headers["Referrer-Policy"] = "no-referrer"
         headers["X-Request-Id"] = request_id
-        long_lived = isinstance(response, web.WebSocketResponse) or response.content_type == "text/event-stream"
+        long_lived = isinstance(response, web.WebSocketResponse) or headers.get("Content-Type", "").startswith(
+            "text/event-stream"
+        )
         return response
     except web.HTTPException as error:
         status = error.status

@@ -107,7 +107,9 @@ class PanelCore:
         self._ttl_ms = session_ttl_s * 1000
         self._max_age_ms = session_max_age_s * 1000
         self._boot = boot  # deployment-wide boot data (origins, card format, ...)
-        self._lookups: dict[str, Counter] = {}  # the labelled counter per source, looked up once
+        # labelled counter children, looked up once
+        self._lookups: dict[str, Counter] = {}
+        self._disagreements: dict[tuple[Surface, str], Counter] = {}
         self._boots: dict[tuple[Surface, View | None, Lang], SplicedJson] = {}
 
     # --- verify ----------------------------------------------------------------------------------
@@ -174,7 +176,12 @@ class PanelCore:
         held = customer_keys(result.customer)
         for field in disagreements(selection, held):
             # An unsigned key that contradicts the signed one never wins; it is counted, not shown.
-            self._metrics.unsigned_disagreements.labels(surface.value, field, self.tenant).inc()
+            counter = self._disagreements.get((surface, field))
+            if counter is None:
+                counter = self._disagreements[(surface, field)] = self._metrics.unsigned_disagreements.labels(
+                    surface.value, field, self.tenant
+                )
+            counter.inc()
         return Lookup(selection, result, verified=selection.secret and matches(selection.signed, held))
 
     def _fragment(
@@ -213,7 +220,7 @@ class PanelCore:
             cid=context.chat_id if context else "",
             mini_program=bool(customer and customer.channel == "miniprogram"),
             expires_ms=min(now + self._ttl_ms, born + self._max_age_ms),
-            context=tuple((k, v) for k, v in context.fields.items() if k != "sign" and v) if context else (),
+            context=tuple([(k, v) for k, v in context.fields.items() if k != "sign" and v]) if context else (),
             born_ms=born,
             session_id=session.session_id if session else os.urandom(8).hex(),  # secrets.token_hex(8), cheaper
             tenant=self.tenant,

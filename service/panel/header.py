@@ -21,8 +21,11 @@ from ..protocol.surfaces import SurfaceContext
 Translate = Callable[[str], str]
 
 
-def _e(value: object) -> str:
-    return str(escape(value))
+def _e(value: str) -> str:
+    """markupsafe's escape of a text, without a Markup object per value (the same five characters)."""
+    if "&" in value or "<" in value or ">" in value or '"' in value or "'" in value:
+        return str(escape(value))
+    return value
 
 
 class HeaderPieces:

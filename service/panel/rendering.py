@@ -88,6 +88,7 @@ def ms_datetime(ms: int | None) -> str:
 
 # One encoder for every call: json.dumps with arguments builds a new JSONEncoder each time.
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_json_string = json.encoder.encode_basestring  # what _COMPACT writes for a str (ensure_ascii off)
 
 
 def compact_json(value: Any) -> str:
@@ -96,6 +97,8 @@ def compact_json(value: Any) -> str:
 
 def attr_json(value: Any) -> str:
     """`value` as JSON escaped for an HTML attribute (what `data-boot` holds)."""
+    if type(value) is str:  # the encoder's own C routine for a string, without its per-call setup
+        return str(escape(_json_string(value)))
     return str(escape(_COMPACT.encode(value)))
 
 
