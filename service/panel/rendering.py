@@ -196,12 +196,13 @@ class Renderer:
         }
         self._shells: dict[tuple[Lang, str, str, bool], tuple[bytes, bytes, bytes]] = {}
         self._headers = {lang: HeaderPieces(self.t(lang)) for lang in ("zh", "en")}
+        self._actions = {s: Actions(cards=s in card_surfaces, tickets=s in ticket_surfaces) for s in Surface}
         self.hits = 0
         self.misses = 0
 
     def actions(self, surface: Surface) -> Actions:
         """What the panel offers on this surface: card sends, the ticket form, both or neither."""
-        return Actions(cards=surface in self._card_surfaces, tickets=surface in self._ticket_surfaces)
+        return self._actions[surface]
 
     def t(self, lang: Lang) -> Any:
         catalog = self._catalog
@@ -327,7 +328,6 @@ class Renderer:
 
         `verified`: Sobot's sign vouches for the customer shown (else the header says it is unverified);
         `no_signed_key`: the sign covers no customer key, so no customer is shown, only what was `received`."""
-        t = self.t(lang)
         fields = context.display_fields() if context else []
         # The closed disclosure shows one short fact (the caller, the skill group, the ticket), never a long id.
         peek = next((value for name, value in fields if name not in LONG_IDS), "")
@@ -337,6 +337,7 @@ class Renderer:
             display_fields=[(SURFACE_LABELS.get((surface, name), f"ctx_{name}"), value) for name, value in fields],
         )  # fmt: skip
         if customer is None:
+            t = self.t(lang)
             if no_signed_key:
                 body = self._jinja.get_template("_no_verified_customer.html").render(t=t, received=received or [])
             else:
@@ -344,7 +345,7 @@ class Renderer:
             return [header.encode(), body.encode()]
         _, (before, after) = self._customer_views(customer, lang, view, surface)
         params = context.params if context else {}
-        params_html = self._jinja.get_template("_params.html").render(t=t, params=params) if params else ""
+        params_html = self._jinja.get_template("_params.html").render(t=self.t(lang), params=params) if params else ""
         return [header.encode(), before, params_html.encode(), after]
 
     # the page around it --------------------------------------------------------------------

@@ -46,6 +46,7 @@ _COMPRESS_OVER = 512  # bytes of JSON; below it zlib saves little and costs a fe
 # Built once: json.dumps with arguments builds a new encoder per call, a fifth of minting a token.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _json_string = json.encoder.encode_basestring  # what _ENCODER writes for a str (ensure_ascii off)
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,8 @@ class SessionTokens:
         plain = claims.encode()
         body = _DEFLATED + zlib.compress(plain, 6) if len(plain) > _COMPRESS_OVER else _PLAIN + plain
         nonce = os.urandom(NONCE_BYTES)
-        return PREFIX + base64.urlsafe_b64encode(nonce + self._issuer.encrypt(nonce, body, _AAD)).rstrip(b"=").decode()
+        sealed = binascii.b2a_base64(nonce + self._issuer.encrypt(nonce, body, _AAD), newline=False)
+        return PREFIX + sealed.translate(_URLSAFE).rstrip(b"=").decode()  # what _b64() gives, a step shorter
 
     def read(self, token: str, now_ms: int) -> SessionClaims:
         """The claims of a token this deployment issued and that has not expired, else TokenError."""
