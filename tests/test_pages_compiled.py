@@ -141,3 +141,79 @@ def test_a_customers_views_are_rendered_once_per_content_not_per_object() -> Non
     assert renderer.customer_views(first, "en", None, Surface.WORKBENCH) != html  # per language
     assert renderer.customer_views(CUSTOMERS[1], "zh", None, Surface.WORKBENCH) != html
     assert renderer.misses == 4
+
+
+# --- the whole page, against the way it was assembled before (Jinja2 header, json.dumps boot) -------
+
+
+def _core(renderer: Renderer) -> Any:
+    from sobot_panel.directory.cache import CustomerCache
+    from sobot_panel.observability import Metrics
+    from sobot_panel.panel.core import PanelCore, Signer
+    from sobot_panel.protocol.signing import SignPolicy
+    from sobot_panel.protocol.tokens import SessionTokens
+
+    # Only the in-process tier answers (no Redis, no directory): every customer is put there first.
+    cache = CustomerCache(None, None, None, ttl=300, negative_ttl=60, local_ttl=3600, local_size=100)  # type: ignore[arg-type]
+    for key, value in (("partnerId", "C1001"), ("phone", "13800000001")):
+        cache._remember(f"{key}:{value}", CUSTOMERS[0], "redis")
+    policy = SignPolicy(sys_num="s", secret="k", wecom_secret=None, max_age_s=300)
+    boot = {"origins": ["https://*.sobot.com"], "allowSelf": False, "cardFormat": "v6", "signMaxAge": 300, "base": ""}
+    return PanelCore(signer=Signer(policy), cache=cache, renderer=renderer, tokens=SessionTokens(b"k"),
+                     metrics=Metrics(), session_ttl_s=600, session_max_age_s=3600, boot=boot)  # fmt: skip
+
+
+def _former_page(core: Any, panel: Any, lang: Lang, view: Any, now: int) -> bytes:
+    renderer: Renderer = core.renderer
+    surface = panel.surface
+    boot = core.boot(surface, view, lang, panel.token, panel.customer.partnerId if panel.customer else "",
+                     panel.context.signed_at_ms if panel.context else None, now)  # fmt: skip
+    start, middle, end = renderer._shell(lang, surface, waiting=panel.context is None)
+    boot_attr = str(escape(json.dumps(boot, ensure_ascii=False, separators=(",", ":")))).encode()
+    if panel.context is None:
+        return b"".join([start, boot_attr, middle, end])
+    peek, display = _arguments(surface, panel.context)
+    header = JINJA.get_template("_context.html").render(
+        t=_t(lang), customer=panel.customer, context=panel.context, stale=False, peek=peek,
+        verified=panel.lookup.verified, display_fields=display,
+    )  # fmt: skip
+    html = renderer.customer_views(panel.customer, lang, view, surface)
+    before, _, after = html.partition("<!--panel:params-->")
+    params = panel.context.params
+    params_html = JINJA.get_template("_params.html").render(t=_t(lang), params=params) if params else ""
+    return b"".join([start, boot_attr, middle, (header + before + params_html + after).encode(), end])
+
+
+PAGES = [
+    (Surface.WORKBENCH, {"partnerId": "C1001", "email": "agent@acme.cn", "uid": "u-1", "cid": "c-1",
+                         "groupName": "售前一组", "params": '{"vip":"是","n":3}', "createChatTime": "1764000000000"}),
+    (Surface.WORKBENCH, {"partnerId": "C1001", "email": HOSTILE}),
+    (Surface.CALL, {"partnerId": "C1001", "callId": "CALL-77", "email": "agent@acme.cn", "uphone": "13800000001",
+                    "province": "浙江", "city": "杭州", "ivrPath": '[{"navKey":"1","navName":"售前咨询"}]'}),
+    (Surface.TICKET, {"email": "agent@acme.cn", "uphone": "13800000001", "ticketId": "T-9001"}),
+    (Surface.WECOM, {"corpId": "ww1", "userId": "zhang.san", "partnerId": "C1001", "tel": "13800000001"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+@pytest.mark.parametrize("view", [None, "orders", "new-ticket"])
+@pytest.mark.parametrize(("surface", "fields"), PAGES, ids=[f"{s.value}-{i}" for i, (s, _) in enumerate(PAGES)])
+async def test_a_whole_page_is_what_the_templates_and_json_dumps_gave(
+    lang: Lang, view: str | None, surface: Surface, fields: dict[str, str]
+) -> None:
+    import re
+
+    from sobot_panel.protocol.signing import sign_fields
+    from sobot_panel.protocol.surfaces import View
+
+    core = _core(_renderer())
+    signed = sign_fields(surface, fields, core.signer.policy, 1764000000000)
+    context = parse_fields(surface, signed)
+    shown = View(view) if view else None
+    for panel_context in (context, None):  # a panel, and the waiting shell of SPEC §4
+        panel = await core.build(surface, panel_context, lang, shown)
+        page = core.page(panel, lang, shown)
+        now = int(re.findall(rb"&#34;now&#34;:(\d+)", page)[0])
+        assert page == _former_page(core, panel, lang, shown, now)
+        if panel_context is not None:
+            assert panel.customer is not None and panel.token.encode() in page
