@@ -2,7 +2,9 @@
 
     python -m bench.bare PORT [REDIS_URL]
 
-`GET /` and `GET /healthz` answer "ok"; `POST /xadd` reads the JSON body and appends it to the stream
+`GET /` and `GET /healthz` answer "ok"; `GET /page` answers with the bytes and headers of a real panel
+page when BENCH_PAGE_FILE names a file with its body and BENCH_PAGE_HEADERS one with its headers as a
+JSON object (the same-bytes floor of `bench pages`); `POST /xadd` reads the JSON body and appends it to the stream
 `bench:xadd` with one XADD (needs REDIS_URL); `GET /ws` answers every text frame `{"id", "pad"}` with
 `{"type": "panel", "id", "html": "x" * pad}` (an echo sized like the panel's push).
 """
@@ -22,6 +24,15 @@ REDIS = web.AppKey("redis", object)
 
 async def hello(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+def page_handler(body: bytes, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+    """The panel page's own bytes and headers, as fixed as aiohttp can send them: the floor for a page."""
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers=headers)
+
+    return page
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -63,6 +74,9 @@ def main() -> None:
     app.router.add_get("/", hello)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ws", echo)
+    if os.environ.get("BENCH_PAGE_FILE"):
+        with open(os.environ["BENCH_PAGE_FILE"], "rb") as body, open(os.environ["BENCH_PAGE_HEADERS"]) as headers:
+            app.router.add_get("/page", page_handler(body.read(), json.load(headers)))
     if len(sys.argv) > 2:
         url = sys.argv[2]
 

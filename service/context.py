@@ -17,6 +17,8 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 
 
 def valid_traceparent(value: str) -> str:
+    if not value:
+        return ""
     value = value.strip().lower()
     return value if _TRACEPARENT.match(value) and value[3:35] != "0" * 32 else ""
 

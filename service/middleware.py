@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import WSCloseCode, web
@@ -26,7 +26,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, metrics, and the security headers every response carries (one layer for all three)."""
-    request_id = _clean_id(request.headers.get("X-Request-Id", "")) or secrets.token_hex(8)
+    request_id = _clean_id(request.headers.get("X-Request-Id", "")) or os.urandom(8).hex()  # secrets.token_hex
     request[REQUEST_ID] = request_id
     # Every log line written while this request is handled, and every call to the customer API, carry it.
     id_token = context.REQUEST_ID.set(request_id)
@@ -45,7 +45,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         # request the page makes, to us or anyone, may carry it as a Referer.
         headers["Referrer-Policy"] = "no-referrer"
         headers["X-Request-Id"] = request_id
-        long_lived = isinstance(response, web.WebSocketResponse) or response.content_type == "text/event-stream"
+        long_lived = isinstance(response, web.WebSocketResponse) or headers.get("Content-Type", "").startswith(
+            "text/event-stream"
+        )
         return response
     except web.HTTPException as error:
         status = error.status

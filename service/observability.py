@@ -366,9 +366,21 @@ class AccessLogger(AbstractAccessLogger):
                                    "ms": round(elapsed * 1000, 2), "request_id": request_id},
                                   ensure_ascii=False))  # fmt: skip
         else:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            stamp = _stamp()
             sink.write(f"{stamp} INFO aiohttp.access: {request.method} {request.path} {response.status} "
                        f"{elapsed * 1000:.1f}ms {request_id}")  # fmt: skip
+
+
+_STAMP: tuple[int, str] = (0, "")
+
+
+def _stamp() -> str:
+    """The local time to the second, formatted once a second rather than once a line."""
+    global _STAMP
+    now = int(time.time())
+    if now != _STAMP[0]:
+        _STAMP = (now, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)))
+    return _STAMP[1]
 
 
 def monotonic() -> float:

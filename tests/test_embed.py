@@ -375,7 +375,13 @@ async def test_an_unchanged_customer_is_rendered_once_even_when_read_again_from_
     assert (app[COMPANIES].default.core.renderer.misses, app[COMPANIES].default.core.renderer.hits) == (1, 2)
     await client.post("/api/partners/C1001/invalidate", headers={"Authorization": "Bearer test-api-token"})
     assert (await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")).status == 200
-    assert app[COMPANIES].default.core.renderer.misses == 2  # a refreshed customer is rendered afresh
+    assert app[COMPANIES].default.core.renderer.misses == 1  # fetched afresh, unchanged: the same views
+    customer = next(c for c in fake_enterprise.customers if c["partnerId"] == "C1001")
+    customer["phone"] = "13999999999"
+    await client.post("/api/partners/C1001/invalidate", headers={"Authorization": "Bearer test-api-token"})
+    page = await client.get(f"/embed/workbench?{signed(Surface.WORKBENCH)}")
+    assert "13999999999" in await page.text()
+    assert app[COMPANIES].default.core.renderer.misses == 2  # a changed customer is rendered afresh
 
 
 async def test_a_mini_program_order_link_is_not_prefilled_into_a_url_field(

@@ -74,3 +74,20 @@ def test_a_rotated_key_still_reads_what_the_previous_one_issued() -> None:
     assert SessionTokens(b"new key").read(fresh, now_ms=1_500) == CLAIMS  # issued with the new key only
     with pytest.raises(TokenError):
         old.read(fresh, now_ms=1_500)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        SessionClaims(surface="workbench"),
+        SessionClaims(surface="call", agent="座席@acme.cn", partner_id='C"1\\', uid="u\u2028\u2029", cid="\x00\x1f\x7f",
+                      mini_program=True, expires_ms=1764000000000, born_ms=1763999000000, session_id="0f" * 8,
+                      context=(("email", "a+b@x.cn"), ("params", '{"vip":"是","x":"</script>"}')), tenant="acme"),
+        SessionClaims(surface="wecom", agent="😀", context=tuple((f"k{i}", "v" * i) for i in range(40))),
+    ],
+)  # fmt: skip
+def test_the_direct_encoding_is_the_json_encoders_and_round_trips(claims: SessionClaims) -> None:
+    assert claims.encode() == claims.encode_with_json()
+    assert SessionClaims.decode(claims.encode()) == claims
+    tokens = SessionTokens(b"k")
+    assert tokens.read(tokens.issue(claims), 0) == claims

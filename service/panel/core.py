@@ -10,9 +10,11 @@ in the page shell (`page()`); a websocket push sends it as it is.
 from __future__ import annotations
 
 import dataclasses
-import secrets
+import os
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client import Counter
 
 from ..clock import now_ms
 from ..directory.cache import CacheResult, CustomerCache
@@ -24,7 +26,11 @@ from ..protocol.signing import SignMode, SignPolicy, sign_mode, verify_sign
 from ..protocol.surfaces import Surface, SurfaceContext, View, parse_fields, parse_query_string
 from ..protocol.tokens import SessionClaims, SessionTokens
 from ..protocol.trust import Selection, disagreements, matches, select_customer
-from .rendering import Renderer
+from .rendering import Renderer, Splice, SplicedJson
+
+# The members of a page's boot data that change with every page; the rest is encoded once per
+# surface, view and language.
+_TOKEN, _PARTNER, _SIGNED_AT, _NOW = Splice("token"), Splice("partnerId"), Splice("signedAt"), Splice("now")
 
 
 class Signer:
@@ -101,6 +107,10 @@ class PanelCore:
         self._ttl_ms = session_ttl_s * 1000
         self._max_age_ms = session_max_age_s * 1000
         self._boot = boot  # deployment-wide boot data (origins, card format, ...)
+        # labelled counter children, looked up once
+        self._lookups: dict[str, Counter] = {}
+        self._disagreements: dict[tuple[Surface, str], Counter] = {}
+        self._boots: dict[tuple[Surface, View | None, Lang], SplicedJson] = {}
 
     # --- verify ----------------------------------------------------------------------------------
 
@@ -160,13 +170,21 @@ class PanelCore:
             result = await self.cache.get(selection.keys)
         except UpstreamError as error:
             raise Unavailable(Code.UPSTREAM_UNAVAILABLE) from error
-        self._metrics.cache_lookups.labels(result.source, self.tenant).inc()
+        counter = self._lookups.get(result.source)
+        if counter is None:
+            counter = self._lookups[result.source] = self._metrics.cache_lookups.labels(result.source, self.tenant)
+        counter.inc()
         if result.customer is None:
             return Lookup(selection, result, verified=False)
         held = customer_keys(result.customer)
         for field in disagreements(selection, held):
             # An unsigned key that contradicts the signed one never wins; it is counted, not shown.
-            self._metrics.unsigned_disagreements.labels(surface.value, field, self.tenant).inc()
+            counter = self._disagreements.get((surface, field))
+            if counter is None:
+                counter = self._disagreements[(surface, field)] = self._metrics.unsigned_disagreements.labels(
+                    surface.value, field, self.tenant
+                )
+            counter.inc()
         return Lookup(selection, result, verified=selection.secret and matches(selection.signed, held))
 
     def _fragment(
@@ -205,9 +223,9 @@ class PanelCore:
             cid=context.chat_id if context else "",
             mini_program=bool(customer and customer.channel == "miniprogram"),
             expires_ms=min(now + self._ttl_ms, born + self._max_age_ms),
-            context=tuple((k, v) for k, v in context.fields.items() if k != "sign" and v) if context else (),
+            context=tuple([(k, v) for k, v in context.fields.items() if k != "sign" and v]) if context else (),
             born_ms=born,
-            session_id=session.session_id if session else secrets.token_hex(8),
+            session_id=session.session_id if session else os.urandom(8).hex(),  # secrets.token_hex(8), cheaper
             tenant=self.tenant,
         )
 
@@ -215,19 +233,32 @@ class PanelCore:
 
     def page(self, panel: Panel, lang: Lang, view: View | None) -> bytes:
         """The whole page around a panel's fragment, with its boot data."""
-        boot = {
-            "token": panel.token,
-            "surface": panel.surface.value,
+        boot = self._boots.get((panel.surface, view, lang))
+        if boot is None:
+            boot = self._boots[(panel.surface, view, lang)] = SplicedJson(self.boot(panel.surface, view, lang))
+        values = (panel.token, panel.customer.partnerId if panel.customer else "",
+                  panel.context.signed_at_ms if panel.context else None, now_ms())  # fmt: skip
+        return self.renderer.page(
+            lang, panel.surface, boot.fill(values), panel.parts if panel.context is not None else None
+        )
+
+    def boot(
+        self, surface: Surface, view: View | None, lang: Lang, token: object = _TOKEN, partner_id: object = _PARTNER,
+        signed_at: object = _SIGNED_AT, now: object = _NOW,
+    ) -> dict[str, Any]:  # fmt: skip
+        """A page's boot data (with markers for the values `page()` puts in per page)."""
+        return {
+            "token": token,
+            "surface": surface.value,
             "view": view.value if view else None,
             "lang": lang,
             **self._boot,
-            "partnerId": panel.customer.partnerId if panel.customer else "",
+            "partnerId": partner_id,
             # When the page's sign was made and the server's clock now: panel.js knows whether reloading
             # its own signed URL would still verify when its session ends.
-            "signedAt": panel.context.signed_at_ms if panel.context else None,
-            "now": now_ms(),
+            "signedAt": signed_at,
+            "now": now,
         }
-        return self.renderer.page(lang, panel.surface, boot, panel.parts if panel.context is not None else None)
 
     def session(self, token: str) -> SessionClaims:
         """The claims of a token this company's panel was issued and that has not expired, else TokenError

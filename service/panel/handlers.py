@@ -51,8 +51,9 @@ async def _embed(request: web.Request, surface: Surface, view: View | None) -> w
     context = core.verify_query(surface, raw) if raw.strip("&") else None
     panel = await core.build(surface, context, lang, view)
     page = core.page(panel, lang, view)
-    headers = {"Cache-Control": "no-store", "Content-Security-Policy": company.csp}  # its own framing origins
-    return web.Response(body=page, content_type="text/html", charset="utf-8", headers=headers)
+    headers = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store",
+               "Content-Security-Policy": company.csp}  # its own framing origins  # fmt: skip
+    return web.Response(body=page, headers=headers)
 
 
 async def embed_panel(request: web.Request) -> web.Response:

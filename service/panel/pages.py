@@ -15,9 +15,12 @@ from ..i18n import Lang, pick_lang
 
 def request_lang(request: web.Request, default: Lang | None = None) -> Lang:
     """`?lang=` wins; then the company's own language when it names one; then the browser's; else Chinese."""
+    # A page's query is Sobot's signed context, parsed once by the panel core: aiohttp's own parse of it
+    # (request.query) is only paid when there is a `lang` to read.
+    query_lang = request.query.get("lang") if "lang" in request.rel_url.raw_query_string else None
     if default is not None:
-        return pick_lang(request.query.get("lang"), None, default=default)
-    return pick_lang(request.query.get("lang"), request.headers.get("Accept-Language"))
+        return pick_lang(query_lang, None, default=default)
+    return pick_lang(query_lang, request.headers.get("Accept-Language"))
 
 
 def not_found_error(request: web.Request) -> PanelError:

@@ -1,18 +1,21 @@
 """Rendering panels: the per-request header, the customer's views (cached), and the page around them.
 
 A panel is three parts. The header (agent, the surface's own fields such as callId or the IVR trail)
-changes with every conversation and is rendered per request; it is small. The customer's views
-(profile, orders with their ready cards, tickets, the new-ticket form) depend only on the customer
-object, the language and the view, so they are rendered once and kept in a bounded in-process LRU
-keyed by the customer object itself: the directory cache hands out the same object until the customer
-changes or is invalidated, so a new object means a new render and nothing stale is ever shown.
+changes with every conversation and is built per request from pre-escaped pieces (panel/header.py). The
+customer's views (profile, orders with their ready cards, tickets, the new-ticket form) depend only on
+the customer's content, the language and the view, so they are rendered once per change of that content
+and kept in a bounded in-process LRU keyed by a digest of the customer's content: a customer read again
+from Redis, refreshed from the directory or invalidated unchanged is not rendered again, and a changed
+one has another digest, so nothing stale is ever shown. The digest is computed once per Customer object.
 Sobot's `params` (per conversation) are rendered separately and put in at a marker.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,7 @@ from ..protocol.card_builders import (
 )
 from ..protocol.surfaces import Surface, SurfaceContext, View
 from ..protocol.ticket_fields import TicketField, is_http_url
+from .header import HeaderPieces
 
 LAYOUT = {
     Surface.WORKBENCH: "column",
@@ -70,7 +74,7 @@ class Actions:
     tickets: bool
 
 
-ViewsKey = tuple[int, Lang, str | None, Actions]
+ViewsKey = tuple[bytes, Lang, str | None, Actions]
 
 
 def yuan(fen: int | str) -> str:
@@ -82,8 +86,61 @@ def ms_datetime(ms: int | None) -> str:
     return china_time(ms or 0)
 
 
+# One encoder for every call: json.dumps with arguments builds a new JSONEncoder each time.
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_json_string = json.encoder.encode_basestring  # what _COMPACT writes for a str (ensure_ascii off)
+
+
 def compact_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _COMPACT.encode(value)
+
+
+def attr_json(value: Any) -> str:
+    """`value` as JSON escaped for an HTML attribute (what `data-boot` holds)."""
+    if type(value) is str:  # the encoder's own C routine for a string, without its per-call setup
+        return str(escape(_json_string(value)))
+    return str(escape(_COMPACT.encode(value)))
+
+
+class SplicedJson:
+    """A JSON object for an HTML attribute whose members are fixed but for a few, encoded once.
+
+    `template` is the object with a `Splice` marker in place of each varying value; `fill()` gives the
+    same bytes as `attr_json()` of the object with the values put in, escaping only those values."""
+
+    def __init__(self, template: dict[str, Any]) -> None:
+        text = attr_json(template)
+        marks = [
+            (text.index(attr_json(mark)), attr_json(mark)) for mark in template.values() if isinstance(mark, Splice)
+        ]
+        self.fixed: list[bytes] = []
+        at = 0
+        for start, mark in sorted(marks):
+            self.fixed.append(text[at:start].encode())
+            at = start + len(mark)
+        self.fixed.append(text[at:].encode())
+
+    def fill(self, values: Sequence[object]) -> bytes:
+        """The attribute with `values` in the markers' order of appearance."""
+        fixed = self.fixed
+        out = [fixed[0]]
+        for piece, value in zip(fixed[1:], values, strict=True):
+            # ints and None as JSON writes them (no escaping needed); the encoder's slow path is for others
+            if value is None:
+                out.append(b"null")
+            elif type(value) is int:
+                out.append(str(value).encode())
+            else:
+                out.append(attr_json(value).encode())
+            out.append(piece)
+        return b"".join(out)
+
+
+class Splice(str):
+    """A marker for a varying member of a `SplicedJson` (unlike any real value: control characters)."""
+
+    def __new__(cls, name: str) -> Splice:
+        return super().__new__(cls, f"\x01{name}\x01")
 
 
 def script_json(value: Any) -> Markup:
@@ -131,17 +188,21 @@ class Renderer:
         self._ticket_surfaces = ticket_surfaces
         self._customer_lang: Lang = customer_lang
         self._cache_size = cache_size
-        self._views: OrderedDict[ViewsKey, tuple[Customer, str, tuple[bytes, bytes]]] = OrderedDict()
+        self._views: OrderedDict[ViewsKey, tuple[str, tuple[bytes, bytes]]] = OrderedDict()
+        # Customer object (by id, the object held so its id is not reused) -> the digest of its content
+        self._versions: OrderedDict[int, tuple[Customer, bytes]] = OrderedDict()
         self._messages = {
             lang: script_json({code: catalog.text(code, lang) for code in SCRIPT_MESSAGES}) for lang in ("zh", "en")
         }
         self._shells: dict[tuple[Lang, str, str, bool], tuple[bytes, bytes, bytes]] = {}
+        self._headers = {lang: HeaderPieces(self.t(lang)) for lang in ("zh", "en")}
+        self._actions = {s: Actions(cards=s in card_surfaces, tickets=s in ticket_surfaces) for s in Surface}
         self.hits = 0
         self.misses = 0
 
     def actions(self, surface: Surface) -> Actions:
         """What the panel offers on this surface: card sends, the ticket form, both or neither."""
-        return Actions(cards=surface in self._card_surfaces, tickets=surface in self._ticket_surfaces)
+        return self._actions[surface]
 
     def t(self, lang: Lang) -> Any:
         catalog = self._catalog
@@ -164,21 +225,31 @@ class Renderer:
     ) -> tuple[str, tuple[bytes, bytes]]:
         """The views as text, and as UTF-8 bytes split at the params marker (pages are assembled as bytes)."""
         actions = self.actions(surface)
-        key = (id(customer), lang, view.value if view else None, actions)
+        key = (self.version(customer), lang, view.value if view else None, actions)
         cached = self._views.get(key)
-        # Holding the customer in the entry keeps its id from being reused while the entry lives.
-        if cached is not None and cached[0] is customer:
+        if cached is not None:
             self._views.move_to_end(key)
             self.hits += 1
-            return cached[1], cached[2]
+            return cached
         self.misses += 1
         html = self._jinja.get_template("_views.html").render(self._views_context(customer, lang, view, actions))
         before, _, after = html.partition(PARAMS_MARK)
-        parts = (before.encode(), after.encode())
-        self._views[key] = (customer, html, parts)
+        entry = self._views[key] = (html, (before.encode(), after.encode()))
         if len(self._views) > self._cache_size:
             self._views.popitem(last=False)
-        return html, parts
+        return entry
+
+    def version(self, customer: Customer) -> bytes:
+        """A digest of the customer's content: equal content, equal digest, whichever object holds it."""
+        known = self._versions.get(id(customer))
+        if known is not None and known[0] is customer:
+            self._versions.move_to_end(id(customer))
+            return known[1]
+        digest = hashlib.blake2b(customer.model_dump_json().encode(), digest_size=16).digest()
+        self._versions[id(customer)] = (customer, digest)
+        if len(self._versions) > self._cache_size:
+            self._versions.popitem(last=False)
+        return digest
 
     def _where(self, surfaces: frozenset[Surface], lang: Lang) -> str:
         """Where an action lives, in words: "客服工作台", "工单中心、呼叫中心"."""
@@ -257,15 +328,16 @@ class Renderer:
 
         `verified`: Sobot's sign vouches for the customer shown (else the header says it is unverified);
         `no_signed_key`: the sign covers no customer key, so no customer is shown, only what was `received`."""
-        t = self.t(lang)
         fields = context.display_fields() if context else []
         # The closed disclosure shows one short fact (the caller, the skill group, the ticket), never a long id.
         peek = next((value for name, value in fields if name not in LONG_IDS), "")
-        header = self._jinja.get_template("_context.html").render(
-            t=t, customer=customer, context=context, stale=stale, peek=peek, verified=verified,
+        # `_context.html`, compiled (panel/header.py): the one part rendered on every request.
+        header = self._headers[lang].render(
+            customer, context, stale=stale, peek=peek, verified=verified,
             display_fields=[(SURFACE_LABELS.get((surface, name), f"ctx_{name}"), value) for name, value in fields],
         )  # fmt: skip
         if customer is None:
+            t = self.t(lang)
             if no_signed_key:
                 body = self._jinja.get_template("_no_verified_customer.html").render(t=t, received=received or [])
             else:
@@ -273,15 +345,17 @@ class Renderer:
             return [header.encode(), body.encode()]
         _, (before, after) = self._customer_views(customer, lang, view, surface)
         params = context.params if context else {}
-        params_html = self._jinja.get_template("_params.html").render(t=t, params=params) if params else ""
+        params_html = self._jinja.get_template("_params.html").render(t=self.t(lang), params=params) if params else ""
         return [header.encode(), before, params_html.encode(), after]
 
     # the page around it --------------------------------------------------------------------
 
-    def page(self, lang: Lang, surface: Surface, boot: dict[str, Any], body: list[bytes] | None) -> bytes:
-        """The whole page as bytes; `body` None is the waiting shell of SPEC §4's postMessage mode."""
+    def page(self, lang: Lang, surface: Surface, boot: dict[str, Any] | bytes, body: list[bytes] | None) -> bytes:
+        """The whole page as bytes; `body` None is the waiting shell of SPEC §4's postMessage mode.
+
+        `boot`: the boot data, or its attribute text already encoded (`SplicedJson.fill`)."""
         start, middle, end = self._shell(lang, surface, waiting=body is None)
-        boot_attr = escape(compact_json(boot)).encode()
+        boot_attr = boot if isinstance(boot, bytes) else attr_json(boot).encode()
         return b"".join([start, boot_attr, middle, *(body or ()), end])
 
     def _shell(self, lang: Lang, surface: Surface, *, waiting: bool) -> tuple[bytes, bytes, bytes]:

@@ -317,7 +317,10 @@ def split_query(raw: str) -> list[tuple[str, str]]:
                         pairs.append((name, value))
             continue
         name, _, value = piece.partition("=")
-        pairs.append((_unquote(name, "name"), _unquote(value, name)))
+        if "%" in piece:  # else decoding changes nothing (`+` stays a plus)
+            pairs.append((_unquote(name, "name"), _unquote(value, name)))
+        else:
+            pairs.append((name, value))
     return pairs
 
 
@@ -384,7 +387,11 @@ def _text(value: object) -> str:
 
 def parse_fields(surface: Surface, raw_fields: Mapping[str, str]) -> SurfaceContext:
     """A context model from name/value strings (a page's query, or the `query` of a `selected` message)."""
-    fields = canonical_fields(surface, {str(k): _text(v) for k, v in raw_fields.items()})
+    return _model(surface, canonical_fields(surface, {str(k): _text(v) for k, v in raw_fields.items()}))
+
+
+def _model(surface: Surface, fields: dict[str, str]) -> SurfaceContext:
+    """The context model of canonical fields (`canonical_fields`), each value checked and converted."""
     values: dict[str, Any] = {}
     for name, raw in fields.items():
         if name in TIMESTAMP_FIELDS:
@@ -403,7 +410,8 @@ def parse_query_string(surface: Surface, raw: str) -> SurfaceContext:
 
 
 def parse_fields_pairs(surface: Surface, pairs: list[tuple[str, str]]) -> SurfaceContext:
-    return parse_fields(surface, canonical_fields(surface, pairs))
+    # The pairs are made canonical once; parse_fields would do it again on the result.
+    return _model(surface, canonical_fields(surface, pairs))
 
 
 # --- building (for the sign command, the host simulator and tests) --------------------------

@@ -58,7 +58,7 @@ class Selection:
 
 
 def _pairs(*items: tuple[str, str]) -> Pairs:
-    return tuple((name, value.strip()) for name, value in items if value.strip())
+    return tuple([(name, value.strip()) for name, value in items if value and not value.isspace()])
 
 
 def _all_keys(context: SurfaceContext) -> Pairs:
@@ -77,12 +77,14 @@ def select_customer(surface: Surface, context: SurfaceContext, mode: SignMode, t
         return Selection(signed=(), trusted=_all_keys(context), narrowing=(), secret=False)
     if surface is Surface.WECOM:
         return Selection(signed=_all_keys(context), trusted=(), narrowing=(), secret=True)
-    unsigned = _pairs(("partnerId", context.partner_id), ("uid", context.user_id))
     if surface is Surface.WORKBENCH:
         signed = _pairs(("partnerId", context.partner_id))
         unsigned = _pairs(("uid", context.user_id))
     else:
         signed = _pairs(("phone", context.phone), ("email", context.customer_email))
+        unsigned = _pairs(("partnerId", context.partner_id), ("uid", context.user_id))
+    if not trusted:  # the usual case: every unsigned key only narrows
+        return Selection(signed=signed, trusted=(), narrowing=unsigned, secret=True)
     chosen = tuple(pair for pair in unsigned if pair[0] in trusted)
     narrowing = tuple(pair for pair in unsigned if pair[0] not in trusted)
     return Selection(signed=signed, trusted=chosen, narrowing=narrowing, secret=True)
