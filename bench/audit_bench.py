@@ -6,7 +6,9 @@
    100, against redis-py's raw `XADD` unpipelined (one at a time and 50 at once) and pipelined by 100
    (same record fields, same MAXLEN ~ 1,000,000 as the service's default retention).
 2. Over HTTP at 50 connections: `POST /panel/send` (a valid token, an order card built from the sample
-   customer's first order, a fresh event id per request) against a bare aiohttp handler doing one XADD.
+   customer's first order, a fresh event id per request) against a bare aiohttp handler doing one XADD,
+   with 1 and 2 workers; each row gives the CPU-µs per request of the server's processes (from /proc)
+   and of redis-server. `--only http` runs this part alone.
 3. The ops dashboard with 1,000,000 entries in the stream (filled by a Lua loop): `GET /ops?token=...`
    against the raw Redis reads a dashboard needs (XLEN, XINFO GROUPS, XREVRANGE COUNT 50). Skipped, with
    a message, while `/ops` is not served.
@@ -22,23 +24,25 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from sobot_panel.audit.producer import AuditLog, AuditRecord
 from sobot_panel.directory.sample import load_customers
 from sobot_panel.protocol.card_builders import order_card_from_order
-from sobot_panel.redis import connect
+from sobot_panel.redis import EmbeddedRedis, connect
 from sobot_panel.redis.keys import Keys
 
 from .common import (
     OPS_TOKEN,
     RESULTS,
     Load,
+    children,
+    cpu_seconds,
     dump_json,
     free_port,
     helper,
     load,
-    load_table,
     machine,
     now_ms,
     raise_fd_limit,
@@ -151,23 +155,54 @@ def send_body(port: int) -> str:
     return json.dumps(body, ensure_ascii=True, separators=(",", ":"))
 
 
-def http_rates(redis_url: str, seconds: float) -> list[tuple[str, Load]]:
-    rows: list[tuple[str, Load]] = []
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (a supervisor's workers), from /proc."""
+    return cpu_seconds(pid) + sum(tree_cpu_seconds(child) for child in children(pid)) if pid else 0.0
 
-    def measure(name: str, url: str, body: str) -> None:
+
+@dataclass
+class Sends:
+    """One HTTP scenario: the load, and the CPU-µs each request cost the server's processes and Redis."""
+
+    load: Load
+    server_cpu_us: float
+    redis_cpu_us: float
+
+
+def http_rates(redis: EmbeddedRedis, seconds: float) -> list[tuple[str, Sends]]:
+    rows: list[tuple[str, Sends]] = []
+    redis_pid = redis.process.pid if redis.process is not None else 0
+
+    def measure(name: str, url: str, body: str, pid: int) -> None:
         load(url, seconds=1, method="POST", body_template=body, expect=200)
-        rows.append((name, load(url, seconds=seconds, method="POST", body_template=body, expect=200)))
-        print(f"  {name}: {rows[-1][1].requests_per_s:,.0f}/s", file=sys.stderr, flush=True)
+        cpu0, redis0 = tree_cpu_seconds(pid), tree_cpu_seconds(redis_pid)
+        result = load(url, seconds=seconds, method="POST", body_template=body, expect=200)
+        cpu1, redis1 = tree_cpu_seconds(pid), tree_cpu_seconds(redis_pid)
+        done = max(result.requests, 1)
+        rows.append((name, Sends(result, (cpu1 - cpu0) * 1e6 / done, (redis1 - redis0) * 1e6 / done)))
+        print(f"  {name}: {result.requests_per_s:,.0f}/s, {rows[-1][1].server_cpu_us:.0f} CPU-µs/request",
+              file=sys.stderr, flush=True)  # fmt: skip
 
-    with helper("bare", redis_url) as (base, _):
-        measure("bare handler, one XADD per request", f"{base}/xadd", send_body(8080))
+    with helper("bare", redis.url) as (base, proc):
+        measure("bare handler, one XADD per request", f"{base}/xadd", send_body(8080), proc.pid)
     for workers in (1, 2):
         port = free_port()
-        with service(port, redis_url, workers=workers):
+        with service(port, redis.url, workers=workers) as proc:
             label = "1 worker" if workers == 1 else f"--workers {workers}"
             measure(f"POST /panel/send (order card), {label}", f"http://127.0.0.1:{port}/panel/send",
-                    send_body(port))  # fmt: skip
+                    send_body(port), proc.pid)  # fmt: skip
     return rows
+
+
+def sends_table(rows: list[tuple[str, Sends]]) -> str:
+    base = rows[0][1]
+    return render_table(
+        ["scenario", "req/s", "vs bare XADD", "server CPU-µs/req", "vs bare", "redis CPU-µs/req", "p50 ms",
+         "p99 ms", "errors"],
+        [(name, r.load.requests_per_s, f"{r.load.requests_per_s / base.load.requests_per_s:.0%}", r.server_cpu_us,
+          ratio(r.server_cpu_us, base.server_cpu_us), r.redis_cpu_us, r.load.p50_ms, r.load.p99_ms, r.load.errors)
+         for name, r in rows],
+    )  # fmt: skip
 
 
 # --- 3. the dashboard over a big stream ----------------------------------------------------------
@@ -280,22 +315,26 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--entries", type=int, default=1_000_000, help="stream length for the dashboard")
     parser.add_argument("--rounds", type=int, default=20, help="dashboard loads timed")
     parser.add_argument("--quick", action="store_true", help="1 s per scenario, 100,000 entries")
+    parser.add_argument("--only", choices=("producer", "http", "dashboard"), help="run one part alone")
     parser.add_argument("--out", help="JSON file (default bench/results/audit-<time>.json)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.entries, args.rounds = 1.0, 100_000, 5
     raise_fd_limit()
     loop = use_uvloop()
+    parts = {args.only} if args.only else {"producer", "http", "dashboard"}
     with redis_server() as redis:
-        rates = asyncio.run(producer_rates(redis.url, args.seconds))
-        http = http_rates(redis.url, args.seconds + 2)
-        board = dashboard(redis.url, args.entries, args.rounds)
-    raw_single = rates[0][1]
-    print(render_table(["producer (in process, " + loop + ")", "appends/s", "vs raw XADD 1-at-a-time"],
-                       [(name, rate, ratio(rate, raw_single)) for name, rate in rates]))  # fmt: skip
-    print()
-    print(load_table(http, http[0][1], "bare XADD"))
-    print()
+        rates = asyncio.run(producer_rates(redis.url, args.seconds)) if "producer" in parts else []
+        http = http_rates(redis, args.seconds + 2) if "http" in parts else []
+        board = dashboard(redis.url, args.entries, args.rounds) if "dashboard" in parts else {"skipped": "not run"}
+    if rates:
+        raw_single = rates[0][1]
+        print(render_table(["producer (in process, " + loop + ")", "appends/s", "vs raw XADD 1-at-a-time"],
+                           [(name, rate, ratio(rate, raw_single)) for name, rate in rates]))  # fmt: skip
+        print()
+    if http:
+        print(sends_table(http))
+        print()
     if "skipped" in board:
         print(f"dashboard: SKIPPED — {board['skipped']}")
     else:
@@ -312,7 +351,8 @@ def main(argv: list[str]) -> int:
     out = dump_json(args.out or RESULTS / f"audit-{time.strftime('%Y%m%d-%H%M%S')}.json",
                     {"bench": "audit", "machine": machine(), "client_loop": loop,
                      "producer": [{"scenario": n, "per_s": r} for n, r in rates],
-                     "http": [{"scenario": n, **vars(r)} for n, r in http], "dashboard": board})  # fmt: skip
+                     "http": [{"scenario": n, **vars(r.load), "server_cpu_us": r.server_cpu_us,
+                               "redis_cpu_us": r.redis_cpu_us} for n, r in http], "dashboard": board})  # fmt: skip
     print(f"JSON: {out}")
     return 0
 
