@@ -162,26 +162,27 @@ def tree_cpu_seconds(pid: int) -> float:
 
 @dataclass
 class Sends:
-    """One HTTP scenario: the load, and the CPU-µs each request cost the server's processes and Redis."""
+    """One HTTP scenario: the load, and the CPU-µs each request cost the server's processes, the ops
+    consumer's own process (when it runs apart) and Redis."""
 
     load: Load
     server_cpu_us: float
     redis_cpu_us: float
+    consumer_cpu_us: float = 0.0
 
 
 def http_rates(redis: EmbeddedRedis, seconds: float) -> list[tuple[str, Sends]]:
     rows: list[tuple[str, Sends]] = []
     redis_pid = redis.process.pid if redis.process is not None else 0
 
-    def measure(name: str, url: str, body: str, pid: int) -> None:
+    def measure(name: str, url: str, body: str, pid: int, consumer_pid: int = 0) -> None:
         load(url, seconds=1, method="POST", body_template=body, expect=200)
-        cpu0, redis0 = tree_cpu_seconds(pid), tree_cpu_seconds(redis_pid)
+        pids = (pid, redis_pid, consumer_pid)
+        before = [tree_cpu_seconds(p) for p in pids]
         result = load(url, seconds=seconds, method="POST", body_template=body, expect=200)
-        cpu1, redis1 = tree_cpu_seconds(pid), tree_cpu_seconds(redis_pid)
-        done = max(result.requests, 1)
-        rows.append((name, Sends(result, (cpu1 - cpu0) * 1e6 / done, (redis1 - redis0) * 1e6 / done)))
-        print(f"  {name}: {result.requests_per_s:,.0f}/s, {rows[-1][1].server_cpu_us:.0f} CPU-µs/request",
-              file=sys.stderr, flush=True)  # fmt: skip
+        used = [(tree_cpu_seconds(p) - b) * 1e6 / max(result.requests, 1) for p, b in zip(pids, before, strict=True)]
+        rows.append((name, Sends(result, *used)))
+        print(f"  {name}: {result.requests_per_s:,.0f}/s, {used[0]:.0f} CPU-µs/request", file=sys.stderr, flush=True)
 
     with helper("bare", redis.url) as (base, proc):
         measure("bare handler, one XADD per request", f"{base}/xadd", send_body(8080), proc.pid)
@@ -191,17 +192,26 @@ def http_rates(redis: EmbeddedRedis, seconds: float) -> list[tuple[str, Sends]]:
             label = "1 worker" if workers == 1 else f"--workers {workers}"
             measure(f"POST /panel/send (order card), {label}", f"http://127.0.0.1:{port}/panel/send",
                     send_body(port), proc.pid)  # fmt: skip
+    # The deployment the README recommends at scale: the replicas that take sends run no ops consumer
+    # (PANEL_OPS_CONSUMER=off); one process of its own counts for them (on the same two cores here).
+    with service(free_port(), redis.url) as counter:
+        for workers in (1, 2):
+            port = free_port()
+            with service(port, redis.url, workers=workers, PANEL_OPS_CONSUMER="off") as proc:
+                label = "1 worker" if workers == 1 else f"--workers {workers}"
+                measure(f"POST /panel/send, {label}, ops consumer in its own process",
+                        f"http://127.0.0.1:{port}/panel/send", send_body(port), proc.pid, counter.pid)  # fmt: skip
     return rows
 
 
 def sends_table(rows: list[tuple[str, Sends]]) -> str:
     base = rows[0][1]
     return render_table(
-        ["scenario", "req/s", "vs bare XADD", "server CPU-µs/req", "vs bare", "redis CPU-µs/req", "p50 ms",
-         "p99 ms", "errors"],
+        ["scenario", "req/s", "vs bare XADD", "server CPU-µs/req", "vs bare", "consumer CPU-µs/req",
+         "redis CPU-µs/req", "p50 ms", "p99 ms", "errors"],
         [(name, r.load.requests_per_s, f"{r.load.requests_per_s / base.load.requests_per_s:.0%}", r.server_cpu_us,
-          ratio(r.server_cpu_us, base.server_cpu_us), r.redis_cpu_us, r.load.p50_ms, r.load.p99_ms, r.load.errors)
-         for name, r in rows],
+          ratio(r.server_cpu_us, base.server_cpu_us), r.consumer_cpu_us, r.redis_cpu_us, r.load.p50_ms,
+          r.load.p99_ms, r.load.errors) for name, r in rows],
     )  # fmt: skip
 
 
@@ -352,7 +362,8 @@ def main(argv: list[str]) -> int:
                     {"bench": "audit", "machine": machine(), "client_loop": loop,
                      "producer": [{"scenario": n, "per_s": r} for n, r in rates],
                      "http": [{"scenario": n, **vars(r.load), "server_cpu_us": r.server_cpu_us,
-                               "redis_cpu_us": r.redis_cpu_us} for n, r in http], "dashboard": board})  # fmt: skip
+                               "consumer_cpu_us": r.consumer_cpu_us, "redis_cpu_us": r.redis_cpu_us}
+                              for n, r in http], "dashboard": board})  # fmt: skip
     print(f"JSON: {out}")
     return 0
 
