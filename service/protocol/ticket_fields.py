@@ -44,6 +44,8 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 
 def encode_uri(url: str) -> str:
     """Percent-encode what may not appear in a URL (like JS `encodeURI`), keeping existing `%XX` escapes."""
+    if _URI_KEEP.issuperset(url):
+        return url  # the common case: nothing to encode (a set test in C, not a loop per character)
     out: list[str] = []
     for index, ch in enumerate(url):
         escape = ch == "%" and len(url) > index + 2 and set(url[index + 1 : index + 3]) <= _HEX
