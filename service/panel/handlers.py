@@ -105,9 +105,7 @@ async def send(request: web.Request) -> web.Response:
              "problems": problems},
             status=422,
         )  # fmt: skip
-    # Built, not validated again: every value was validated on its way here (the request by `parse_send`,
-    # the claims with the session token, the message by `build_message`).
-    record = AuditRecord.model_construct(
+    record = AuditRecord(
         kind=kind,
         id=sent.id,
         at=now_ms(),

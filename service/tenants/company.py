@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -117,6 +118,7 @@ class Company:
         await self.directory.close()
 
 
+@functools.lru_cache(maxsize=64)  # read on every send: parse each company's setting once
 def _surfaces(names: str) -> frozenset[Surface]:
     return frozenset(Surface(name) for name in names.split())
 
