@@ -21,7 +21,7 @@ from playwright.async_api import BrowserContext, Page, expect
 from sobot_panel.app import create_app
 from sobot_panel.appkeys import COMPANIES, REDIS
 from sobot_panel.audit.producer import AuditRecord
-from sobot_panel.audit.reader import Entry
+from sobot_panel.audit.reader import AuditReader, Entry
 from sobot_panel.clock import CHINA_TZ
 from sobot_panel.devhost import AGENT_EMAIL, FRAME_SIZES
 from sobot_panel.ops import dashboard as ops
@@ -40,7 +40,7 @@ from sobot_panel.ops.counters import (
     windows,
 )
 from sobot_panel.ops.dashboard import FILTER_SCAN_MAX, recent_sends
-from sobot_panel.ops.feed import feed_channel
+from sobot_panel.ops.feed import COUNT_CHUNK, OpsCounter, feed_channel
 from sobot_panel.protocol.cards import build_message
 from sobot_panel.protocol.surfaces import Surface
 from sobot_panel.protocol.ticket_fields import DEFAULT_TICKET_FIELDS
@@ -360,6 +360,71 @@ async def test_two_replicas_sharing_redis_do_not_double_count(
         assert got["hour"]["total"] == got["day"]["total"] == 100
         assert got["hour"]["kind"] == {"order_card": 60, "ticket": 40}
     assert first.app[COMPANIES].default.counter.counted + second.app[COMPANIES].default.counter.counted == 100
+
+
+async def test_a_burst_is_counted_once_each_in_batches_within_the_budget(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """The consumer reads at most its batch per tick; a burst bigger than many batches is still counted once."""
+    client = await aiohttp_client(create_app(make_settings(ops_consumer="off")))
+    counter = OpsCounter(client.app[REDIS], KEYS_, "budgeted", batch=40, tick_s=0.01)
+    batches: list[int] = []
+    count = counter.count
+
+    async def recording(entries: list[Entry]) -> int:
+        batches.append(len(entries))
+        return await count(entries)
+
+    counter.count = recording  # type: ignore[method-assign]
+    runner = asyncio.create_task(counter.run())
+    try:
+        await consumers_ready(client.app[REDIS])
+        await client.app[COMPANIES].default.audit.append_many([record(agent=f"a{i % 7}@acme.cn") for i in range(250)])
+        await drained(client.app[REDIS])
+    finally:
+        counter.stop()
+        await runner
+    assert counter.counted == 250 and sum(batches) == 250
+    assert max(batches) <= 40 and len(batches) >= 7, batches
+    got = await summary(client)
+    assert got["hour"]["total"] == 250 and got["hour"]["kind"] == {"order_card": 250}
+
+
+async def test_count_splits_a_big_batch_and_skips_what_was_acked(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """A batch bigger than one script call's chunk: every entry counted once, an acked one not again."""
+    client = await aiohttp_client(create_app(make_settings(ops_consumer="off")))
+    reader = AuditReader(client.app[REDIS], KEYS_, "ops", "by-hand")
+    await client.app[COMPANIES].default.audit.append_many([record() for _ in range(COUNT_CHUNK + 30)])
+    await reader.ensure_group("0")
+    entries: list[Entry] = []
+    while page := await reader.read(1000):
+        entries += page
+    assert len(entries) == COUNT_CHUNK + 30
+    counter = OpsCounter(client.app[REDIS], KEYS_, "by-hand")
+    assert await counter.count(entries[:10]) == 10
+    assert await counter.count(entries) == COUNT_CHUNK + 20, "the first ten were acked already"
+    assert (await summary(client))["hour"]["total"] == COUNT_CHUNK + 30
+
+
+async def test_a_replica_with_the_consumer_off_leaves_counting_to_another(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """PANEL_OPS_CONSUMER=off: the replica that takes sends runs no consumer; one that has it on counts them,
+    and the dashboard of either shows the counts."""
+    sends = await aiohttp_client(create_app(make_settings(ops_consumer="off")))
+    counts = await aiohttp_client(create_app(make_settings()))
+    await consumers_ready(sends.app[REDIS], 1)
+    assert sends.app[COMPANIES].default.counter is None
+    await sends.app[COMPANIES].default.audit.append_many([record("ticket") for _ in range(30)])
+    await drained(sends.app[REDIS])
+    group = await ops_group(sends.app[REDIS])
+    assert group is not None and int(group["consumers"]) == 1
+    assert counts.app[COMPANIES].default.counter.counted == 30
+    for replica in (sends, counts):
+        got = await summary(replica)
+        assert got["hour"]["total"] == 30 and got["hour"]["kind"] == {"ticket": 30}
 
 
 # --- the page, filters and details ----------------------------------------------------------------
