@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from redis.exceptions import NoScriptError
 
 from ..clock import now_ms
 from ..redis import REDIS_DOWN, RedisClient, as_text
 from ..redis.keys import Keys
+from .batch import ScriptBatcher
 from .record import FIELD_ORDER, AuditRecord
 from .spool import Claim, Spool
 
@@ -152,6 +152,7 @@ class AuditLog:
         self._spool = spool
         self._ttl_s = idempotency_ttl_s
         self._script = redis.register_script(_APPEND)
+        self._batcher = ScriptBatcher(redis, self._script)
         self._replay_lock = asyncio.Lock()
         self._spooling = False
         self._spooled: OrderedDict[str, str] = OrderedDict()
@@ -176,13 +177,9 @@ class AuditLog:
         """
         try:
             keys, args = self._script_call(record)
-            try:
-                # One EVALSHA straight through the client: the registered script's wrapper (a pipeline
-                # check, its own argument tuples) is only needed when Redis has not seen the script yet.
-                reply = await self._redis.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                reply = await self._script(keys=keys, args=args)
-            appended = _appended(reply)
+            # Concurrent sends go out together, one pipelined round trip for all (`batch`); each waits for
+            # Redis's reply to its own call.
+            appended = _appended(await self._batcher.call(keys, args))
         except REDIS_DOWN as error:
             if self._spool is None:
                 raise

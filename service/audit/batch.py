@@ -1,0 +1,103 @@
+"""Concurrent sends share one Redis round trip: the append script calls queued while the event loop is busy
+go out together as one pipeline (one write, one read), and each caller gets its own reply or error.
+
+Nothing is acknowledged early: a caller's future resolves only with Redis's reply to its own script call,
+so a send is still told "recorded" only once its record is in the stream. If the round trip fails, every
+caller in it gets the error and falls back to the spool on its own, exactly as a single call would (a
+record whose write did land is then deduplicated by its idempotency key when the spool is replayed).
+The scripts run in queue order, one after another, so two calls with the same id in one batch are a first
+write and its duplicate, as they would be one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from ..redis import RedisClient
+
+# Most calls a pipeline carries: a burst beyond it goes out in several round trips, one after another.
+MAX_BATCH = 256
+
+Call = tuple[Sequence[str], Sequence[str | int], "asyncio.Future[Any]"]
+
+
+class ScriptBatcher:
+    """Runs one registered script for many callers, each call's keys and arguments its own."""
+
+    def __init__(self, redis: RedisClient, script: Any) -> None:
+        self._redis = redis
+        self._script = script  # the registered script: its sha, and its loading when Redis lacks it
+        self._queue: list[Call] = []
+        self._flushing: asyncio.Task[None] | None = None
+        # A Redis Cluster routes each call by its own key's slot: one pipeline would not be one round trip.
+        self.enabled = isinstance(redis, Redis)
+
+    async def call(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        if not self.enabled:
+            return await self._direct(keys, args)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((keys, args, future))
+        if self._flushing is None or self._flushing.done():
+            # Started now, it runs once this turn of the loop has queued whatever else is ready.
+            self._flushing = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _direct(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        try:
+            return await self._redis.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self._script(keys=keys, args=args)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            await self._send(batch)
+
+    async def _send(self, batch: list[Call]) -> None:
+        if len(batch) == 1:
+            keys, args, future = batch[0]
+            await _settle(future, self._direct(keys, args))
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args, _ in batch:
+                    pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+        except Exception as error:  # the round trip failed: each caller decides what that means for it
+            for _, _, future in batch:
+                _resolve(future, exception=error)
+            return
+        except BaseException:  # cancelled (shutting down): so are its callers
+            for _, _, future in batch:
+                future.cancel()
+            raise
+        for (keys, args, future), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError):  # Redis restarted without the script: load it, then run
+                await _settle(future, self._script(keys=keys, args=args))
+            elif isinstance(reply, Exception):
+                _resolve(future, exception=reply)
+            else:
+                _resolve(future, result=reply)
+
+
+async def _settle(future: asyncio.Future[Any], work: Any) -> None:
+    try:
+        result = await work
+    except Exception as error:
+        _resolve(future, exception=error)
+    else:
+        _resolve(future, result=result)
+
+
+def _resolve(future: asyncio.Future[Any], *, result: Any = None, exception: BaseException | None = None) -> None:
+    if future.done():  # its caller was cancelled meanwhile
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)
