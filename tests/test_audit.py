@@ -110,6 +110,42 @@ async def test_concurrent_appends_share_round_trips_and_each_gets_its_own_answer
     assert [e.record for e in await stream(redis_client)] == records
 
 
+async def test_a_cancelled_round_trip_cancels_every_caller_waiting_on_it() -> None:
+    """At shutdown the batch in flight is cancelled: its callers, and those queued behind it, never hang."""
+    never = asyncio.Event()
+
+    class Pipe:
+        async def __aenter__(self) -> Pipe:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        def execute_command(self, *args: object) -> None:
+            return None
+
+        async def execute(self, raise_on_error: bool = True) -> list[object]:
+            await never.wait()
+            return []
+
+    class Stub:
+        def pipeline(self, transaction: bool = False) -> Pipe:
+            return Pipe()
+
+    script = type("Script", (), {"sha": "0" * 40})()
+    batcher = ScriptBatcher(Stub(), script)  # type: ignore[arg-type]
+    batcher.enabled = True
+    first = [asyncio.ensure_future(batcher.call(["k"], [n])) for n in range(3)]
+    await asyncio.sleep(0)  # the first trip leaves with these three
+    await asyncio.sleep(0)
+    queued = asyncio.ensure_future(batcher.call(["k"], [9]))
+    await asyncio.sleep(0)
+    assert batcher._flushing is not None
+    batcher._flushing.cancel()
+    results = await asyncio.wait_for(asyncio.gather(*first, queued, return_exceptions=True), 10)
+    assert all(isinstance(result, asyncio.CancelledError) for result in results), results
+
+
 async def test_a_batch_that_cannot_reach_redis_is_spooled_whole_and_replayed_once(
     own_redis: EmbeddedRedis, own_client: aioredis.Redis, tmp_path: Path
 ) -> None:

@@ -54,9 +54,15 @@ class ScriptBatcher:
             return await self._script(keys=keys, args=args)
 
     async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            await self._send(batch)
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                await self._send(batch)
+        except BaseException:  # cancelled (shutting down): no caller may wait for a trip that never comes
+            queued, self._queue = self._queue, []
+            for _, _, future in queued:
+                future.cancel()
+            raise
 
     async def _send(self, batch: list[Call]) -> None:
         if len(batch) == 1:
