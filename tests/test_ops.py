@@ -614,6 +614,33 @@ async def test_a_reconnecting_client_gets_what_it_missed_from_the_stream(client:
     assert (await next_send(feed))["entryId"] == later.entry_id
 
 
+async def test_a_counted_batch_is_one_feed_message_and_each_entry_one_event(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """Every replica hears one message per counted batch (not one per send), and passes on each entry once."""
+    client = await aiohttp_client(create_app(make_settings(ops_consumer="off")))
+    redis = client.app[REDIS]
+    await subscribers(redis, 1)
+    listener = redis.pubsub()
+    await listener.subscribe(feed_channel(KEYS_))
+    await subscribers(redis, 2)
+    feed = await open_feed(client)
+    reader = AuditReader(redis, KEYS_, "ops", "by-hand")
+    await reader.ensure_group("$")
+    appended = await client.app[COMPANIES].default.audit.append_many([record("ticket") for _ in range(5)])
+    entries = await reader.read(100)
+    assert await OpsCounter(redis, KEYS_, "by-hand").count(entries) == 5
+    assert [(await next_send(feed))["entryId"] for _ in appended] == [a.entry_id for a in appended]
+    messages: list[Any] = []
+    quiet_until = time.monotonic() + 0.5  # everything published has arrived once the channel is quiet this long
+    while time.monotonic() < quiet_until:
+        message = await listener.get_message(timeout=0.1)
+        if message is not None and message["type"] == "message":
+            messages.append(message)
+    assert len(messages) == 1, messages
+    await listener.aclose()
+
+
 async def test_feed_sends_heartbeat_comments(client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ops, "HEARTBEAT_S", 0.05)
     feed = await open_feed(client)

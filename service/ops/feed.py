@@ -20,6 +20,7 @@ from ..redis import REDIS_DOWN, RedisClient
 from ..redis.keys import Keys
 from ..redis.pubsub import PubSubReader, Router
 from .counters import (
+    STREAM_ID,
     bucket_fields,
     entry_minute,
     expires_at_s,
@@ -44,10 +45,12 @@ CLIENT_QUEUE = 1_000
 # Count and publish each entry of a batch only if this consumer's ack is the one that takes it off the
 # pending list. KEYS: the stream, then each entry's minute and hour buckets. ARGV: the group, the feed
 # channel, then for each entry its ID, the two buckets' expiry times, its feed item, how many hash fields
-# it increments, and those fields. One script per batch: a send costs Redis no call of its own.
+# it increments, and those fields. One script per batch: a send costs Redis no call of its own. The
+# items counted go out as one message, one compact JSON item per line (JSON text holds no raw newline),
+# so every replica's feed handles a message per batch, not one per send.
 _COUNT = """
 local group, channel = ARGV[1], ARGV[2]
-local i, k, counted = 3, 2, 0
+local i, k, counted, items = 3, 2, 0, {}
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 4])
   if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
@@ -57,12 +60,13 @@ while i <= #ARGV do
     end
     redis.call('EXPIREAT', KEYS[k], ARGV[i + 1])
     redis.call('EXPIREAT', KEYS[k + 1], ARGV[i + 2])
-    redis.call('PUBLISH', channel, ARGV[i + 3])
     counted = counted + 1
+    items[counted] = ARGV[i + 3]
   end
   i = i + 5 + n
   k = k + 2
 end
+if counted > 0 then redis.call('PUBLISH', channel, table.concat(items, '\\n')) end
 return counted
 """
 # Entries per script call: Redis runs a script without serving anyone else, so a big batch is split.
@@ -159,6 +163,22 @@ def sse_frame(entry_id: str, data: str) -> Frame:
     return entry_id, f"id: {entry_id}\nevent: send\ndata: {data}\n\n".encode()
 
 
+_ID_HEAD = '{"entryId":"'
+
+
+def _entry_id(item: str) -> str:
+    """The entry ID a feed item names ("" when it names none): read off the front of the items this
+    service writes (`entryId` first), else parsed."""
+    if item.startswith(_ID_HEAD):
+        end = item.find('"', len(_ID_HEAD))
+        if end > 0 and STREAM_ID.match(item[len(_ID_HEAD) : end]):
+            return item[len(_ID_HEAD) : end]
+    try:
+        return str(json.loads(item)["entryId"])
+    except (ValueError, TypeError, KeyError):
+        return ""
+
+
 def _compact(item: dict[str, Any]) -> str:
     return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
 
@@ -239,8 +259,10 @@ class OpsFeed:
         self.deliver(None)
 
     def _on_message(self, channel: str, data: str) -> None:
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            self.deliver(sse_frame(str(json.loads(data)["entryId"]), data))
+        for item in data.split("\n"):  # a counted batch: one item per line
+            entry_id = _entry_id(item)
+            if entry_id:
+                self.deliver(sse_frame(entry_id, item))
 
     async def _catch_up(self, reconnected: bool) -> None:
         stream = self._keys.audit_stream
