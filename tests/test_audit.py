@@ -110,27 +110,39 @@ async def test_concurrent_appends_share_round_trips_and_each_gets_its_own_answer
     assert [e.record for e in await stream(redis_client)] == records
 
 
+async def test_a_batch_meeting_a_redis_without_the_script_loads_it_and_records_each(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Redis restarted empty (or SCRIPT FLUSH): each call of the batch gets NOSCRIPT, loads it, and is recorded."""
+    log = AuditLog(redis_client, KEYS)
+    await log.append(record(0))
+    await redis_client.script_flush()
+    records = [record(n) for n in range(1, 21)]
+    results = await asyncio.gather(*(log.append(r) for r in records))
+    assert all(not r.duplicate and r.entry_id for r in results)
+    assert [e.record for e in await stream(redis_client)] == [record(0), *records]
+
+
 async def test_a_cancelled_round_trip_cancels_every_caller_waiting_on_it() -> None:
     """At shutdown the batch in flight is cancelled: its callers, and those queued behind it, never hang."""
     never = asyncio.Event()
 
-    class Pipe:
-        async def __aenter__(self) -> Pipe:
-            return self
-
-        async def __aexit__(self, *exc: object) -> None:
-            return None
-
-        def execute_command(self, *args: object) -> None:
-            return None
-
-        async def execute(self, raise_on_error: bool = True) -> list[object]:
+    class Connection:
+        async def send_packed_command(self, packed: bytes) -> None:
             await never.wait()
-            return []
+
+        async def disconnect(self) -> None:
+            return None
+
+    class Pool:
+        async def get_connection(self) -> Connection:
+            return Connection()
+
+        async def release(self, connection: Connection) -> None:
+            return None
 
     class Stub:
-        def pipeline(self, transaction: bool = False) -> Pipe:
-            return Pipe()
+        connection_pool = Pool()
 
     script = type("Script", (), {"sha": "0" * 40})()
     batcher = ScriptBatcher(Stub(), script)  # type: ignore[arg-type]

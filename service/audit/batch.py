@@ -15,8 +15,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ..redis import RedisClient
 
@@ -70,10 +71,7 @@ class ScriptBatcher:
             await _settle(future, self._direct(keys, args))
             return
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for keys, args, _ in batch:
-                    pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await self._round_trip(batch)
         except Exception as error:  # the round trip failed: each caller decides what that means for it
             for _, _, future in batch:
                 _resolve(future, exception=error)
@@ -89,6 +87,28 @@ class ScriptBatcher:
                 _resolve(future, exception=reply)
             else:
                 _resolve(future, result=reply)
+
+    async def _round_trip(self, batch: list[Call]) -> list[Any]:
+        """Every call of the batch in one write (packed by hiredis, in C), then each reply in order; an
+        error reply is that call's alone. A failed connection is dropped, never handed back half read."""
+        pool = self._redis.connection_pool  # type: ignore[union-attr]  # enabled only for a plain client
+        sha = self._script.sha
+        packed = b"".join(hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)) for keys, args, _ in batch)
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(packed)
+            replies: list[Any] = []
+            for _ in batch:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as error:
+                    replies.append(error)
+            return replies
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
 
 async def _settle(future: asyncio.Future[Any], work: Any) -> None:
