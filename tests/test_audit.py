@@ -127,7 +127,13 @@ async def test_a_cancelled_round_trip_cancels_every_caller_waiting_on_it() -> No
     """At shutdown the batch in flight is cancelled: its callers, and those queued behind it, never hang."""
     never = asyncio.Event()
 
+    class Retry:
+        async def call_with_retry(self, do: Callable[[], Awaitable[object]], fail: object) -> object:
+            return await do()
+
     class Connection:
+        retry = Retry()
+
         async def send_packed_command(self, packed: bytes) -> None:
             await never.wait()
 

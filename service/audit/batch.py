@@ -90,12 +90,15 @@ class ScriptBatcher:
 
     async def _round_trip(self, batch: list[Call]) -> list[Any]:
         """Every call of the batch in one write (packed by hiredis, in C), then each reply in order; an
-        error reply is that call's alone. A failed connection is dropped, never handed back half read."""
+        error reply is that call's alone. Retried as the client retries a command (a connection error:
+        reconnect, after a backoff); running a batch again is safe, its idempotency keys answer for what
+        did land. A connection that fails for good is dropped, never handed back half read."""
         pool = self._redis.connection_pool  # type: ignore[union-attr]  # enabled only for a plain client
         sha = self._script.sha
         packed = b"".join(hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)) for keys, args, _ in batch)
         connection = await pool.get_connection()
-        try:
+
+        async def exchange() -> list[Any]:
             await connection.send_packed_command(packed)
             replies: list[Any] = []
             for _ in batch:
@@ -104,6 +107,13 @@ class ScriptBatcher:
                 except ResponseError as error:
                     replies.append(error)
             return replies
+
+        async def dropped(_error: Exception) -> None:
+            await connection.disconnect()
+
+        try:
+            result: list[Any] = await connection.retry.call_with_retry(exchange, dropped)
+            return result
         except BaseException:
             await connection.disconnect()
             raise
