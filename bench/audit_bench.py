@@ -6,7 +6,11 @@
    100, against redis-py's raw `XADD` unpipelined (one at a time and 50 at once) and pipelined by 100
    (same record fields, same MAXLEN ~ 1,000,000 as the service's default retention).
 2. Over HTTP at 50 connections: `POST /panel/send` (a valid token, an order card built from the sample
-   customer's first order, a fresh event id per request) against a bare aiohttp handler doing one XADD.
+   customer's first order, a fresh event id per request) against a bare aiohttp handler doing one XADD,
+   with 1 and 2 workers, and with the ops consumer in a process of its own. Each scenario alternates
+   rounds with the bare handler (`--http-rounds`) and reports the median of the rounds' ratios, and the
+   CPU-µs per request of the server's processes (from /proc), of the consumer and of redis-server.
+   `--only http` runs this part alone.
 3. The ops dashboard with 1,000,000 entries in the stream (filled by a Lua loop): `GET /ops?token=...`
    against the raw Redis reads a dashboard needs (XLEN, XINFO GROUPS, XREVRANGE COUNT 50). Skipped, with
    a message, while `/ops` is not served.
@@ -17,28 +21,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from sobot_panel.audit.producer import AuditLog, AuditRecord
 from sobot_panel.directory.sample import load_customers
 from sobot_panel.protocol.card_builders import order_card_from_order
-from sobot_panel.redis import connect
+from sobot_panel.redis import EmbeddedRedis, connect
 from sobot_panel.redis.keys import Keys
 
 from .common import (
     OPS_TOKEN,
     RESULTS,
     Load,
+    children,
+    cpu_seconds,
     dump_json,
     free_port,
     helper,
     load,
-    load_table,
     machine,
     now_ms,
     raise_fd_limit,
@@ -151,23 +158,91 @@ def send_body(port: int) -> str:
     return json.dumps(body, ensure_ascii=True, separators=(",", ":"))
 
 
-def http_rates(redis_url: str, seconds: float) -> list[tuple[str, Load]]:
-    rows: list[tuple[str, Load]] = []
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (a supervisor's workers), from /proc."""
+    return cpu_seconds(pid) + sum(tree_cpu_seconds(child) for child in children(pid)) if pid else 0.0
 
-    def measure(name: str, url: str, body: str) -> None:
-        load(url, seconds=1, method="POST", body_template=body, expect=200)
-        rows.append((name, load(url, seconds=seconds, method="POST", body_template=body, expect=200)))
-        print(f"  {name}: {rows[-1][1].requests_per_s:,.0f}/s", file=sys.stderr, flush=True)
 
-    with helper("bare", redis_url) as (base, _):
-        measure("bare handler, one XADD per request", f"{base}/xadd", send_body(8080))
-    for workers in (1, 2):
-        port = free_port()
-        with service(port, redis_url, workers=workers):
-            label = "1 worker" if workers == 1 else f"--workers {workers}"
-            measure(f"POST /panel/send (order card), {label}", f"http://127.0.0.1:{port}/panel/send",
-                    send_body(port))  # fmt: skip
+@dataclass
+class Sends:
+    """One HTTP scenario, measured in rounds that alternate with the bare handler (the machine's other load
+    drifts during a run; each round's ratio compares two loads a second apart): the service's load summed
+    over its rounds, the bare handler's likewise, the median of the rounds' ratios, and the CPU-µs each
+    request cost the server's processes, the bare handler, the ops consumer's own process (when it runs
+    apart) and Redis."""
+
+    load: Load
+    bare: Load
+    ratio: float
+    server_cpu_us: float
+    bare_cpu_us: float
+    consumer_cpu_us: float
+    redis_cpu_us: float
+
+
+def _sum(loads: list[Load]) -> Load:
+    count = len(loads)
+    return Load(sum(x.requests_per_s for x in loads) / count, statistics.median(x.p50_ms for x in loads),
+                max(x.p99_ms for x in loads), sum(x.errors for x in loads), sum(x.requests for x in loads),
+                loads[0].tool)  # fmt: skip
+
+
+def http_rates(redis: EmbeddedRedis, seconds: float, rounds: int) -> list[tuple[str, Sends]]:
+    rows: list[tuple[str, Sends]] = []
+    redis_pid = redis.process.pid if redis.process is not None else 0
+
+    def timed_load(url: str, body: str, pids: tuple[int, ...]) -> tuple[Load, list[float]]:
+        before = [tree_cpu_seconds(pid) for pid in pids]
+        result = load(url, seconds=seconds, method="POST", body_template=body, expect=200)
+        return result, [tree_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+
+    def scenario(name: str, bare_url: str, bare_pid: int, url: str, body: str, pid: int, consumer_pid: int = 0) -> None:
+        load(url, seconds=1, method="POST", body_template=body, expect=200)  # warm up
+        ours, theirs, ratios = [], [], []
+        cpu = [0.0, 0.0, 0.0, 0.0]  # server, bare, consumer, redis (the last two during the server's loads)
+        for _ in range(rounds):
+            base, used = timed_load(bare_url, send_body(8080), (bare_pid,))
+            cpu[1] += used[0]
+            result, used = timed_load(url, body, (pid, consumer_pid, redis_pid))
+            cpu[0], cpu[2], cpu[3] = cpu[0] + used[0], cpu[2] + used[1], cpu[3] + used[2]
+            ours.append(result)
+            theirs.append(base)
+            ratios.append(result.requests_per_s / base.requests_per_s if base.requests_per_s else float("nan"))
+        mine, bare = _sum(ours), _sum(theirs)
+        per = [cpu[0] / mine.requests, cpu[1] / bare.requests, cpu[2] / mine.requests, cpu[3] / mine.requests]
+        rows.append((name, Sends(mine, bare, statistics.median(ratios), *(x * 1e6 for x in per))))
+        print(f"  {name}: {mine.requests_per_s:,.0f}/s, {statistics.median(ratios):.0%} of the bare handler, "
+              f"{per[0] * 1e6:.0f} CPU-µs/request", file=sys.stderr, flush=True)  # fmt: skip
+
+    with helper("bare", redis.url) as (bare_base, bare_proc):
+        bare_url = f"{bare_base}/xadd"
+        load(bare_url, seconds=1, method="POST", body_template=send_body(8080), expect=200)
+        for workers in (1, 2):
+            port = free_port()
+            with service(port, redis.url, workers=workers) as proc:
+                label = "1 worker" if workers == 1 else f"--workers {workers}"
+                scenario(f"POST /panel/send (order card), {label}", bare_url, bare_proc.pid,
+                         f"http://127.0.0.1:{port}/panel/send", send_body(port), proc.pid)  # fmt: skip
+        # The deployment the README recommends at scale: the replicas that take sends run no ops consumer
+        # (PANEL_OPS_CONSUMER=off); one process of its own counts for them (on the same two cores here).
+        with service(free_port(), redis.url) as counter:
+            for workers in (1, 2):
+                port = free_port()
+                with service(port, redis.url, workers=workers, PANEL_OPS_CONSUMER="off") as proc:
+                    label = "1 worker" if workers == 1 else f"--workers {workers}"
+                    scenario(f"POST /panel/send, {label}, ops consumer in its own process", bare_url, bare_proc.pid,
+                             f"http://127.0.0.1:{port}/panel/send", send_body(port), proc.pid, counter.pid)  # fmt: skip
     return rows
+
+
+def sends_table(rows: list[tuple[str, Sends]]) -> str:
+    return render_table(
+        ["scenario", "req/s", "bare req/s", "vs bare XADD", "CPU-µs/req", "bare CPU-µs/req", "vs bare",
+         "consumer CPU-µs/req", "redis CPU-µs/req", "p50 ms", "p99 ms", "errors"],
+        [(name, r.load.requests_per_s, r.bare.requests_per_s, f"{r.ratio:.0%}", r.server_cpu_us, r.bare_cpu_us,
+          ratio(r.server_cpu_us, r.bare_cpu_us), r.consumer_cpu_us, r.redis_cpu_us, r.load.p50_ms, r.load.p99_ms,
+          r.load.errors + r.bare.errors) for name, r in rows],
+    )  # fmt: skip
 
 
 # --- 3. the dashboard over a big stream ----------------------------------------------------------
@@ -280,22 +355,27 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--entries", type=int, default=1_000_000, help="stream length for the dashboard")
     parser.add_argument("--rounds", type=int, default=20, help="dashboard loads timed")
     parser.add_argument("--quick", action="store_true", help="1 s per scenario, 100,000 entries")
+    parser.add_argument("--http-rounds", type=int, default=5, help="alternating rounds per HTTP scenario")
+    parser.add_argument("--only", choices=("producer", "http", "dashboard"), help="run one part alone")
     parser.add_argument("--out", help="JSON file (default bench/results/audit-<time>.json)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.entries, args.rounds = 1.0, 100_000, 5
+        args.seconds, args.entries, args.rounds, args.http_rounds = 1.0, 100_000, 5, 3
     raise_fd_limit()
     loop = use_uvloop()
+    parts = {args.only} if args.only else {"producer", "http", "dashboard"}
     with redis_server() as redis:
-        rates = asyncio.run(producer_rates(redis.url, args.seconds))
-        http = http_rates(redis.url, args.seconds + 2)
-        board = dashboard(redis.url, args.entries, args.rounds)
-    raw_single = rates[0][1]
-    print(render_table(["producer (in process, " + loop + ")", "appends/s", "vs raw XADD 1-at-a-time"],
-                       [(name, rate, ratio(rate, raw_single)) for name, rate in rates]))  # fmt: skip
-    print()
-    print(load_table(http, http[0][1], "bare XADD"))
-    print()
+        rates = asyncio.run(producer_rates(redis.url, args.seconds)) if "producer" in parts else []
+        http = http_rates(redis, max(1.0, args.seconds), args.http_rounds) if "http" in parts else []
+        board = dashboard(redis.url, args.entries, args.rounds) if "dashboard" in parts else {"skipped": "not run"}
+    if rates:
+        raw_single = rates[0][1]
+        print(render_table(["producer (in process, " + loop + ")", "appends/s", "vs raw XADD 1-at-a-time"],
+                           [(name, rate, ratio(rate, raw_single)) for name, rate in rates]))  # fmt: skip
+        print()
+    if http:
+        print(sends_table(http))
+        print()
     if "skipped" in board:
         print(f"dashboard: SKIPPED — {board['skipped']}")
     else:
@@ -312,7 +392,10 @@ def main(argv: list[str]) -> int:
     out = dump_json(args.out or RESULTS / f"audit-{time.strftime('%Y%m%d-%H%M%S')}.json",
                     {"bench": "audit", "machine": machine(), "client_loop": loop,
                      "producer": [{"scenario": n, "per_s": r} for n, r in rates],
-                     "http": [{"scenario": n, **vars(r)} for n, r in http], "dashboard": board})  # fmt: skip
+                     "http": [{"scenario": n, **vars(r.load), "bare": vars(r.bare), "vs_bare": r.ratio,
+                               "server_cpu_us": r.server_cpu_us, "bare_cpu_us": r.bare_cpu_us,
+                               "consumer_cpu_us": r.consumer_cpu_us, "redis_cpu_us": r.redis_cpu_us}
+                              for n, r in http], "dashboard": board})  # fmt: skip
     print(f"JSON: {out}")
     return 0
 

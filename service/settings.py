@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     audit_claim_idle_ms: int = Field(default=60_000, ge=1)
     audit_dead_after: int = Field(default=5, ge=1)
+    # Whether this replica runs the dashboard's consumer (group `ops`). `off` keeps the counting off the
+    # replicas that take sends; some other deployment of the same service then runs it with `on`.
+    ops_consumer: Literal["on", "off"] = "on"
 
     api_token: SecretStr | None = None
     ops_token: SecretStr | None = None

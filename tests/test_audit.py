@@ -10,11 +10,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sobot_panel.audit.producer import AuditLog, AuditRecord
+from sobot_panel.audit.batch import ScriptBatcher
+from sobot_panel.audit.producer import Appended, AuditLog, AuditRecord, IdempotencyConflict
 from sobot_panel.audit.reader import AuditReader, Entry, iter_range, parse_time_bound, stream_stats, update_metrics
 from sobot_panel.audit.spool import Spool
 from sobot_panel.observability import Metrics
@@ -79,6 +81,104 @@ async def test_append_many_pipelines_in_order(redis_client: aioredis.Redis) -> N
     results = await log.append_many(records)
     assert [r.duplicate for r in results] == [False] * 250 + [True]
     assert [e.record for e in await stream(redis_client)] == records[:250]
+
+
+async def test_concurrent_appends_share_round_trips_and_each_gets_its_own_answer(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sends that arrive together go out as one pipeline; each is still its own entry, a retry in the same
+    batch is the first one's duplicate, and other content under a recorded id is refused."""
+    log = AuditLog(redis_client, KEYS)
+    sizes: list[int] = []
+    send = ScriptBatcher._send
+
+    async def recording(self: ScriptBatcher, batch: list[Any]) -> None:
+        sizes.append(len(batch))
+        await send(self, batch)
+
+    monkeypatch.setattr(ScriptBatcher, "_send", recording)
+    records = [record(n) for n in range(60)]
+    other = record(3).model_copy(update={"payload": '{"msgType":25,"miniPage":"{}"}'})
+    results = await asyncio.gather(*(log.append(r) for r in [*records, records[5], other]), return_exceptions=True)
+    assert max(sizes) > 1 and sum(sizes) == 62, sizes
+    added = results[:60]
+    assert all(isinstance(r, Appended) and not r.duplicate for r in added)
+    assert len({r.entry_id for r in added if isinstance(r, Appended)}) == 60
+    retry = results[60]
+    assert isinstance(retry, Appended) and retry.duplicate and retry.entry_id == added[5].entry_id  # type: ignore[union-attr]
+    assert isinstance(results[61], IdempotencyConflict)
+    assert [e.record for e in await stream(redis_client)] == records
+
+
+async def test_a_batch_meeting_a_redis_without_the_script_loads_it_and_records_each(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Redis restarted empty (or SCRIPT FLUSH): each call of the batch gets NOSCRIPT, loads it, and is recorded."""
+    log = AuditLog(redis_client, KEYS)
+    await log.append(record(0))
+    await redis_client.script_flush()
+    records = [record(n) for n in range(1, 21)]
+    results = await asyncio.gather(*(log.append(r) for r in records))
+    assert all(not r.duplicate and r.entry_id for r in results)
+    assert [e.record for e in await stream(redis_client)] == [record(0), *records]
+
+
+async def test_a_cancelled_round_trip_cancels_every_caller_waiting_on_it() -> None:
+    """At shutdown the batch in flight is cancelled: its callers, and those queued behind it, never hang."""
+    never = asyncio.Event()
+
+    class Retry:
+        async def call_with_retry(self, do: Callable[[], Awaitable[object]], fail: object) -> object:
+            return await do()
+
+    class Connection:
+        retry = Retry()
+
+        async def send_packed_command(self, packed: bytes) -> None:
+            await never.wait()
+
+        async def disconnect(self) -> None:
+            return None
+
+    class Pool:
+        async def get_connection(self) -> Connection:
+            return Connection()
+
+        async def release(self, connection: Connection) -> None:
+            return None
+
+    class Stub:
+        connection_pool = Pool()
+
+    script = type("Script", (), {"sha": "0" * 40})()
+    batcher = ScriptBatcher(Stub(), script)  # type: ignore[arg-type]
+    batcher.enabled = True
+    first = [asyncio.ensure_future(batcher.call(["k"], [n])) for n in range(3)]
+    await asyncio.sleep(0)  # the first trip leaves with these three
+    await asyncio.sleep(0)
+    queued = asyncio.ensure_future(batcher.call(["k"], [9]))
+    await asyncio.sleep(0)
+    assert batcher._flushing is not None
+    batcher._flushing.cancel()
+    results = await asyncio.wait_for(asyncio.gather(*first, queued, return_exceptions=True), 10)
+    assert all(isinstance(result, asyncio.CancelledError) for result in results), results
+
+
+async def test_a_batch_that_cannot_reach_redis_is_spooled_whole_and_replayed_once(
+    own_redis: EmbeddedRedis, own_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    log = AuditLog(own_client, KEYS, spool=spool)
+    await log.append(record(0))
+    own_redis.stop()
+    records = [record(n) for n in range(1, 41)]
+    results = await asyncio.gather(*(log.append(r) for r in records))
+    assert all(r.spooled and not r.duplicate for r in results)
+    assert spool.depth().records == 40
+    own_redis.start()
+    assert await log.replay_spool() == 40
+    replayed = [e.record for e in await stream(own_client)]
+    assert sorted(replayed, key=lambda r: r.id) == [record(0), *records], "each once, with its id and at"
 
 
 async def test_redis_outage_spools_then_replays_exactly_once(

@@ -982,6 +982,24 @@ def test_shared_spool_overlay_puts_the_spool_on_a_shared_volume(rendered: dict[s
     assert config["PANEL_SPOOL_DIR"] != config["PANEL_DATA_DIR"]
 
 
+def test_ops_consumer_overlay_counts_in_one_deployment_of_its_own(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The pods that take sends run no ops consumer; one Deployment beside them, with the same image,
+    settings and namespace, not behind the Service, runs it."""
+    objects = rendered["overlays/production-ops-consumer"]
+    assert _config(objects)["PANEL_OPS_CONSUMER"] == "off"
+    web = _panel(objects)
+    ops = _one(objects, "Deployment", "sobot-panel-ops")
+    (container,) = [c for c in ops["spec"]["template"]["spec"]["containers"] if c["name"] == "panel"]
+    env = {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+    assert env["PANEL_OPS_CONSUMER"] == "on" and ops["spec"]["replicas"] == 1
+    assert container["image"] == _panel_container(objects)["image"]
+    assert container["envFrom"] == _panel_container(objects)["envFrom"]
+    assert ops["metadata"].get("namespace") == web["metadata"].get("namespace")
+    pod_labels = ops["spec"]["template"]["metadata"]["labels"]
+    assert not _matches(_one(objects, "Service", "sobot-panel")["spec"]["selector"], pod_labels), "takes no sends"
+    assert not _matches(web["spec"]["selector"]["matchLabels"], pod_labels)
+
+
 def test_alert_rules_watch_what_readiness_no_longer_does(rendered: dict[str, list[dict[str, Any]]]) -> None:
     from sobot_panel.observability import Metrics
 

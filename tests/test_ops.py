@@ -21,7 +21,7 @@ from playwright.async_api import BrowserContext, Page, expect
 from sobot_panel.app import create_app
 from sobot_panel.appkeys import COMPANIES, REDIS
 from sobot_panel.audit.producer import AuditRecord
-from sobot_panel.audit.reader import Entry
+from sobot_panel.audit.reader import AuditReader, Entry
 from sobot_panel.clock import CHINA_TZ
 from sobot_panel.devhost import AGENT_EMAIL, FRAME_SIZES
 from sobot_panel.ops import dashboard as ops
@@ -40,7 +40,7 @@ from sobot_panel.ops.counters import (
     windows,
 )
 from sobot_panel.ops.dashboard import FILTER_SCAN_MAX, recent_sends
-from sobot_panel.ops.feed import feed_channel
+from sobot_panel.ops.feed import COUNT_CHUNK, OpsCounter, feed_channel
 from sobot_panel.protocol.cards import build_message
 from sobot_panel.protocol.surfaces import Surface
 from sobot_panel.protocol.ticket_fields import DEFAULT_TICKET_FIELDS
@@ -362,6 +362,71 @@ async def test_two_replicas_sharing_redis_do_not_double_count(
     assert first.app[COMPANIES].default.counter.counted + second.app[COMPANIES].default.counter.counted == 100
 
 
+async def test_a_burst_is_counted_once_each_in_batches_within_the_budget(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """The consumer reads at most its batch per tick; a burst bigger than many batches is still counted once."""
+    client = await aiohttp_client(create_app(make_settings(ops_consumer="off")))
+    counter = OpsCounter(client.app[REDIS], KEYS_, "budgeted", batch=40, tick_s=0.01)
+    batches: list[int] = []
+    count = counter.count
+
+    async def recording(entries: list[Entry]) -> int:
+        batches.append(len(entries))
+        return await count(entries)
+
+    counter.count = recording  # type: ignore[method-assign]
+    runner = asyncio.create_task(counter.run())
+    try:
+        await consumers_ready(client.app[REDIS])
+        await client.app[COMPANIES].default.audit.append_many([record(agent=f"a{i % 7}@acme.cn") for i in range(250)])
+        await drained(client.app[REDIS])
+    finally:
+        counter.stop()
+        await runner
+    assert counter.counted == 250 and sum(batches) == 250
+    assert max(batches) <= 40 and len(batches) >= 7, batches
+    got = await summary(client)
+    assert got["hour"]["total"] == 250 and got["hour"]["kind"] == {"order_card": 250}
+
+
+async def test_count_splits_a_big_batch_and_skips_what_was_acked(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """A batch bigger than one script call's chunk: every entry counted once, an acked one not again."""
+    client = await aiohttp_client(create_app(make_settings(ops_consumer="off")))
+    reader = AuditReader(client.app[REDIS], KEYS_, "ops", "by-hand")
+    await client.app[COMPANIES].default.audit.append_many([record() for _ in range(COUNT_CHUNK + 30)])
+    await reader.ensure_group("0")
+    entries: list[Entry] = []
+    while page := await reader.read(1000):
+        entries += page
+    assert len(entries) == COUNT_CHUNK + 30
+    counter = OpsCounter(client.app[REDIS], KEYS_, "by-hand")
+    assert await counter.count(entries[:10]) == 10
+    assert await counter.count(entries) == COUNT_CHUNK + 20, "the first ten were acked already"
+    assert (await summary(client))["hour"]["total"] == COUNT_CHUNK + 30
+
+
+async def test_a_replica_with_the_consumer_off_leaves_counting_to_another(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """PANEL_OPS_CONSUMER=off: the replica that takes sends runs no consumer; one that has it on counts them,
+    and the dashboard of either shows the counts."""
+    sends = await aiohttp_client(create_app(make_settings(ops_consumer="off")))
+    counts = await aiohttp_client(create_app(make_settings()))
+    await consumers_ready(sends.app[REDIS], 1)
+    assert sends.app[COMPANIES].default.counter is None
+    await sends.app[COMPANIES].default.audit.append_many([record("ticket") for _ in range(30)])
+    await drained(sends.app[REDIS])
+    group = await ops_group(sends.app[REDIS])
+    assert group is not None and int(group["consumers"]) == 1
+    assert counts.app[COMPANIES].default.counter.counted == 30
+    for replica in (sends, counts):
+        got = await summary(replica)
+        assert got["hour"]["total"] == 30 and got["hour"]["kind"] == {"ticket": 30}
+
+
 # --- the page, filters and details ----------------------------------------------------------------
 
 
@@ -547,6 +612,33 @@ async def test_a_reconnecting_client_gets_what_it_missed_from_the_stream(client:
     await drained(client.app[REDIS])  # their live copies arrive too, and are not sent twice
     later = await audit.append(record("goods_card"))
     assert (await next_send(feed))["entryId"] == later.entry_id
+
+
+async def test_a_counted_batch_is_one_feed_message_and_each_entry_one_event(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """Every replica hears one message per counted batch (not one per send), and passes on each entry once."""
+    client = await aiohttp_client(create_app(make_settings(ops_consumer="off")))
+    redis = client.app[REDIS]
+    await subscribers(redis, 1)
+    listener = redis.pubsub()
+    await listener.subscribe(feed_channel(KEYS_))
+    await subscribers(redis, 2)
+    feed = await open_feed(client)
+    reader = AuditReader(redis, KEYS_, "ops", "by-hand")
+    await reader.ensure_group("$")
+    appended = await client.app[COMPANIES].default.audit.append_many([record("ticket") for _ in range(5)])
+    entries = await reader.read(100)
+    assert await OpsCounter(redis, KEYS_, "by-hand").count(entries) == 5
+    assert [(await next_send(feed))["entryId"] for _ in appended] == [a.entry_id for a in appended]
+    messages: list[Any] = []
+    quiet_until = time.monotonic() + 0.5  # everything published has arrived once the channel is quiet this long
+    while time.monotonic() < quiet_until:
+        message = await listener.get_message(timeout=0.1)
+        if message is not None and message["type"] == "message":
+            messages.append(message)
+    assert len(messages) == 1, messages
+    await listener.aclose()
 
 
 async def test_feed_sends_heartbeat_comments(client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from ..clock import now_ms
 from ..redis import REDIS_DOWN, RedisClient, as_text
 from ..redis.keys import Keys
+from .batch import ScriptBatcher
 from .record import FIELD_ORDER, AuditRecord
 from .spool import Claim, Spool
 
@@ -49,20 +50,27 @@ DEAD_LETTER_MAXLEN = 100_000
 # even while Redis cannot be asked (bounded: the oldest are forgotten first).
 SPOOLED_IDS = 10_000
 
-# KEYS: the stream, the id's key, the key for "this id with this other content" (spool replay only).
-# ARGV: ttl, digest, on_conflict ('refuse' | 'record'), then the record's fields.
+# KEYS: the stream, the id's key, and (spool replay only) the key for "this id with this other content".
+# ARGV: ttl, digest, on_conflict ('refuse' | 'record'), then the record's values in FIELD_ORDER (the
+# names are written into the script once, so a send packs and ships half the arguments).
 # The id's key holds "<entry id> <digest>"; a key written before digests holds the entry id alone, and
 # the entry itself is compared then. Replies {entry id, status, stored payload or false}: status 0 added,
 # 1 duplicate (same content), 2 refused (same id, other content), 3 added as a conflicting replay.
 _APPEND = """
+local names = {@NAMES@}
+local function entry_fields()
+  local flat = {}
+  for i, name in ipairs(names) do flat[2 * i - 1] = name; flat[2 * i] = ARGV[3 + i] end
+  return flat
+end
 local function same_as_entry(entry_id)
   local found = redis.call('XRANGE', KEYS[1], entry_id, entry_id)
   if #found == 0 then return false end
   local stored, flat = {}, found[1][2]
   for i = 1, #flat, 2 do stored[flat[i]] = flat[i + 1] end
   local compared = {kind=1, surface=1, agent=1, partner_id=1, uid=1, cid=1, payload=1}
-  for i = 4, #ARGV, 2 do
-    if compared[ARGV[i]] and stored[ARGV[i]] ~= ARGV[i + 1] then return false end
+  for i, name in ipairs(names) do
+    if compared[name] and stored[name] ~= ARGV[3 + i] then return false end
   end
   return true
 end
@@ -82,14 +90,14 @@ if seen then
   if ARGV[3] ~= 'record' then return {entry_id, 2, false} end
   local other = redis.call('GET', KEYS[3])
   if other then return {other, 1, stored_payload(other)} end
-  local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+  local id = redis.call('XADD', KEYS[1], '*', unpack(entry_fields()))
   redis.call('SET', KEYS[3], id, 'EX', ARGV[1])
   return {id, 3, false}
 end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+local id = redis.call('XADD', KEYS[1], '*', unpack(entry_fields()))
 redis.call('SET', KEYS[2], id .. ' ' .. ARGV[2], 'EX', ARGV[1])
 return {id, 0, false}
-"""
+""".replace("@NAMES@", ", ".join(f"'{name}'" for name in FIELD_ORDER))
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +152,7 @@ class AuditLog:
         self._spool = spool
         self._ttl_s = idempotency_ttl_s
         self._script = redis.register_script(_APPEND)
+        self._batcher = ScriptBatcher(redis, self._script)
         self._replay_lock = asyncio.Lock()
         self._spooling = False
         self._spooled: OrderedDict[str, str] = OrderedDict()
@@ -154,13 +163,10 @@ class AuditLog:
 
     def _script_call(self, record: AuditRecord, *, replay: bool = False) -> tuple[list[str], list[str | int]]:
         digest = record.digest()
-        flat = [item for pair in record.fields().items() for item in pair]
-        keys = [
-            self._keys.audit_stream,
-            self._keys.audit_idempotency(record.id),
-            self._keys.audit_idempotency(f"{record.id}:{digest[:16]}"),
-        ]
-        return keys, [self._ttl_s, digest, "record" if replay else "refuse", *flat]
+        keys = [self._keys.audit_stream, self._keys.audit_idempotency(record.id)]
+        if replay:  # only a replay may record a conflicting id beside its first entry
+            keys.append(self._keys.audit_idempotency(f"{record.id}:{digest[:16]}"))
+        return keys, [self._ttl_s, digest, "record" if replay else "refuse", *record.values()]
 
     async def append(self, record: AuditRecord) -> Appended:
         """Record one send: in the stream, or (Redis away, spool configured) fsync'd to the spool.
@@ -171,7 +177,9 @@ class AuditLog:
         """
         try:
             keys, args = self._script_call(record)
-            appended = _appended(await self._script(keys=keys, args=args))
+            # Concurrent sends go out together, one pipelined round trip for all (`batch`); each waits for
+            # Redis's reply to its own call.
+            appended = _appended(await self._batcher.call(keys, args))
         except REDIS_DOWN as error:
             if self._spool is None:
                 raise

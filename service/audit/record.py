@@ -52,7 +52,11 @@ class AuditRecord(BaseModel):
         return cls.model_validate({"v": "1", **fields})
 
     def fields(self) -> dict[str, str]:
-        return {name: str(value) for name, value in self.model_dump().items()}
+        return {name: str(getattr(self, name)) for name in FIELD_ORDER}
+
+    def values(self) -> list[str]:
+        """The fields' values in FIELD_ORDER (what the append script pairs with the names)."""
+        return [str(getattr(self, name)) for name in FIELD_ORDER]
 
     def digest(self) -> str:
         """sha256 over the content an idempotency key vouches for (hex, 64 characters)."""

@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 
+import pydantic_core
 from aiohttp import web
 
 from ..appkeys import CATALOG, METRICS, REQUEST_ID, SETTINGS
@@ -69,8 +70,6 @@ async def send(request: web.Request) -> web.Response:
     """Validate a card or ticket, append its audit record, and answer with the exact message to post."""
     app = request.app
     company = company_of(request)
-    lang = request_lang(request, company.default_lang)
-    catalog = app[CATALOG]
     metrics = app[METRICS]
     body = await _json_body(request)
     # The session first: a request without a valid token learns nothing about what else is wrong. A
@@ -97,6 +96,7 @@ async def send(request: web.Request) -> web.Response:
         )
     except PayloadError as error:
         sends(result="invalid").inc()
+        lang, catalog = request_lang(request, company.default_lang), app[CATALOG]
         problems = [
             {"field": field, "code": code, "message": catalog.text(code, lang, field=field, **params)}
             for field, code, params in error.problems
@@ -138,10 +138,9 @@ async def send(request: web.Request) -> web.Response:
         # A retry is answered with what the stream holds, so the ack always equals the record.
         message = json.loads(appended.stored_payload)
     # Spooled: Redis is away, the record is fsync'd on local disk and will be replayed into the stream.
-    return web.json_response(
-        {"ok": True, "entryId": appended.entry_id, "duplicate": appended.duplicate, "spooled": appended.spooled,
-         "message": message}
-    )  # fmt: skip
+    answer = {"ok": True, "entryId": appended.entry_id, "duplicate": appended.duplicate, "spooled": appended.spooled,
+              "message": message}  # fmt: skip
+    return web.Response(body=pydantic_core.to_json(answer), content_type="application/json")
 
 
 async def _json_body(request: web.Request) -> object:

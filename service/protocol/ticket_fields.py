@@ -44,6 +44,8 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 
 def encode_uri(url: str) -> str:
     """Percent-encode what may not appear in a URL (like JS `encodeURI`), keeping existing `%XX` escapes."""
+    if _URI_KEEP.issuperset(url):
+        return url  # the common case: nothing to encode (a set test in C, not a loop per character)
     out: list[str] = []
     for index, ch in enumerate(url):
         escape = ch == "%" and len(url) > index + 2 and set(url[index + 1 : index + 3]) <= _HEX
@@ -54,9 +56,13 @@ def encode_uri(url: str) -> str:
     return "".join(out)
 
 
+# `\s` is what str.isspace() calls whitespace, found by the regex engine instead of a loop per character.
+_SPACE = re.compile(r"\s")
+
+
 def is_http_url(text: str) -> bool:
     """An absolute http(s) URL with a host and no whitespace."""
-    if not text or any(ch.isspace() for ch in text) or has_bad_characters(text):
+    if not text or _SPACE.search(text) or has_bad_characters(text):
         return False
     try:
         parts = urlsplit(text)

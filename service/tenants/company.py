@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -117,6 +118,7 @@ class Company:
         await self.directory.close()
 
 
+@functools.lru_cache(maxsize=64)  # read on every send: parse each company's setting once
 def _surfaces(names: str) -> frozenset[Surface]:
     return frozenset(Surface(name) for name in names.split())
 
@@ -221,12 +223,14 @@ def _start(company: Company, shared: Shared) -> None:
     ]
     if company.config.ops_token is None:
         return  # no dashboard, no consumer: the group is not created and builds no backlog
+    company.feed = OpsFeed(shared.redis, company.keys, shared.reader, shared.router)
+    company.feed.attach()
+    if settings.ops_consumer == "off":
+        return  # the dashboard is served here, but another deployment counts (PANEL_OPS_CONSUMER=on)
     consumer = f"ops-{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(2)}"
     counter = OpsCounter(shared.redis, company.keys, consumer, claim_idle_ms=settings.audit_claim_idle_ms,
                          dead_after=settings.audit_dead_after)  # fmt: skip
     company.counter = counter
-    company.feed = OpsFeed(shared.redis, company.keys, shared.reader, shared.router)
-    company.feed.attach()
     company._tasks.append(asyncio.create_task(_run_until(counter, stop), name=f"ops-counter:{label}"))
 
 
