@@ -6,7 +6,8 @@
 page when BENCH_PAGE_FILE names a file with its body and BENCH_PAGE_HEADERS one with its headers as a
 JSON object (the same-bytes floor of `bench pages`); `POST /xadd` reads the JSON body and appends it to the stream
 `bench:xadd` with one XADD (needs REDIS_URL); `GET /ws` answers every text frame `{"id", "pad"}` with
-`{"type": "panel", "id", "html": "x" * pad}` (an echo sized like the panel's push).
+`{"type": "panel", "id", "html": "x" * pad}` (an echo sized like the panel's push), and a `hello` with
+`{"type": "ready"}`, as the service answers a panel's first frame.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ async def xadd(request: web.Request) -> web.Response:
     fields["data"] = json.dumps(body.get("data"), ensure_ascii=False, separators=(",", ":"))
     try:
         entry = await request.app[REDIS].xadd("bench:xadd", fields, maxlen=1_000_000, approximate=True)  # type: ignore[attr-defined]
-    except (RedisError, OSError):
-        return web.json_response({"ok": False}, status=503)
+    except (RedisError, OSError) as error:
+        return web.json_response({"ok": False, "error": type(error).__name__}, status=503)
     return web.json_response({"ok": True, "entryId": entry})
 
 
@@ -56,6 +57,9 @@ async def echo(request: web.Request) -> web.WebSocketResponse:
     async for message in ws:
         if message.type is WSMsgType.TEXT:
             frame = json.loads(message.data)
+            if frame.get("type") == "hello":  # the panel's first frame is answered as the service does
+                await ws.send_str('{"type":"ready"}')
+                continue
             reply = {"type": "panel", "id": frame.get("id"), "html": "x" * int(frame.get("pad", 0))}
             await ws.send_str(json.dumps(reply, separators=(",", ":")))
     return ws

@@ -300,7 +300,10 @@ async def inject(fault: str, rig: Rig, cfg: Config, phase: Phase, world: World, 
     if fault == "redis":
         rig.redis.kill()
         await asyncio.sleep(cfg.redis_down_s)
-        await asyncio.to_thread(rig.redis.start)
+        # Spawned on the loop's thread: a redis-server started from a pool thread would get its parent-death
+        # signal when that thread exits (sobot_panel.redis.embedded), killing it under the baseline.
+        rig.redis.spawn()
+        await asyncio.to_thread(rig.redis.wait_until_answers)
         phase.lifted_s = now()
         return f"redis-server SIGKILLed, restarted after {cfg.redis_down_s:.0f} s (AOF on)"
     if fault in ("slow-upstream", "failing-upstream"):
@@ -441,7 +444,10 @@ class EchoAgent(Agent):
         except (aiohttp.ClientError, TimeoutError) as error:
             self.world.recorder.error("page", type(error).__name__)
             return False
-        (self.world.recorder.ok if ok else self.world.recorder.error)("page", (time.perf_counter() - started) * 1000)  # type: ignore[operator]
+        if ok:
+            self.world.recorder.ok("page", (time.perf_counter() - started) * 1000)
+        else:
+            self.world.recorder.error("page", f"http {response.status}")
         if self.ws is None:
             self.partner = partner
             return await self.connect(resync=False)
@@ -467,8 +473,10 @@ class EchoAgent(Agent):
         except (aiohttp.ClientError, TimeoutError) as error:
             self.world.recorder.error("send", type(error).__name__)
             return
-        ms = (time.perf_counter() - started) * 1000
-        (self.world.recorder.ok if status == 200 else self.world.recorder.error)("send", ms)  # type: ignore[operator]
+        if status == 200:
+            self.world.recorder.ok("send", (time.perf_counter() - started) * 1000)
+        else:
+            self.world.recorder.error("send", f"http {status}")
 
 
 async def baseline_shift(cfg: Config, base: str, redis_url: str, bare_pid: int, frame_bytes: int) -> dict[str, Any]:

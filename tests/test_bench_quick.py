@@ -32,6 +32,9 @@ def test_callcenter_quick_keeps_the_audit_invariant_and_refuses_forgeries(tmp_pa
     phases = {phase["name"]: phase for phase in result["phases"]}
     assert {"baseline", "ramp", "steady", "redis", "forged"} <= set(phases)
     assert phases["steady"]["relay"]["count"] > 0 and phases["steady"]["page"]["count"] > 0
+    baseline = phases["baseline"]  # the same agents against the bare handlers: every ratio divides by it
+    assert all(baseline[kind]["count"] > 0 for kind in ("page", "relay", "send")), baseline
+    assert baseline["error_count"] == 0, baseline["errors"]
 
     audit = result["audit"]
     assert audit["told_recorded"] > 0
