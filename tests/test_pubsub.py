@@ -195,3 +195,32 @@ async def test_a_redis_restart_resubscribes_catches_up_and_warns_once(
     assert len(warnings) == 1 and "connection lost" in warnings[0], warnings
     assert len(attempts) >= 5
     assert any("reconnected after" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_reconnect_under_a_user_confined_to_its_prefix_resubscribes_and_delivers(
+    own_redis: EmbeddedRedis, own_client: aioredis.Redis
+) -> None:
+    """A deployment whose Redis user may touch only its own prefix, and may not even PING, still comes back
+    after a reconnect: the "is Redis serving reads yet" probe names no key, and a refused probe stops nothing."""
+    await own_client.execute_command("ACL", "SETUSER", "confined", "on", ">pw", "~acme:*", "&acme:*", "+@all", "-ping")
+    confined = connect(own_redis.url.replace("redis://", "redis://confined:pw@", 1))
+    connects: list[bool] = []
+    received: list[str] = []
+
+    async def on_connect(reconnected: bool) -> None:
+        connects.append(reconnected)
+
+    reader = PubSubReader(confined, name="test", on_message=lambda c, d: received.append(d), on_connect=on_connect)
+    reader.listen("acme:x")
+    task = asyncio.create_task(reader.run())
+    try:
+        await until_numsub(own_client, "acme:x", 1)
+        await own_client.client_kill_filter(_type="pubsub")
+        await until(lambda: connects == [False, True], f"on_connect calls: {connects}")
+        await until_numsub(own_client, "acme:x", 1)
+        await own_client.publish("acme:x", "after the reconnect")
+        await until(lambda: received == ["after the reconnect"], f"received {received}")
+    finally:
+        reader.stop()
+        await asyncio.wait_for(task, 5)
+        await confined.aclose()

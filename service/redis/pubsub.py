@@ -27,13 +27,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 
 from redis.asyncio.client import PubSub
+from redis.exceptions import ResponseError
 
 from .clients import REDIS_DOWN, RedisClient, as_text, pubsub_for
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.1
-SERVING_PROBE = "panel:pubsub:serving"  # a key only ever asked about (EXISTS), never written
 BACKOFF_MAX_S = 1.0  # Redis back -> resubscribed (and owners resynchronised) within about a second
 POLL_S = 0.05  # how long one read waits: also how soon a new listener's SUBSCRIBE goes out
 PING_EVERY_S = 5.0  # an idle connection is pinged: a dead one shows itself here, not by silence
@@ -263,12 +263,16 @@ class PubSubReader:
         """Before owners catch up after a reconnect: the idle pooled connections of the shared client went
         down with the old server (each would fail its next command once, sending the cache around Redis for
         a second), so they are dropped; and SUBSCRIBE works while a restarted Redis still loads its data,
-        reads do not (LOADING, raised here so the loop retries with its backoff)."""
+        reads do not (LOADING, raised here so the loop retries with its backoff). PING is refused while
+        loading as reads are, and names no key, so an ACL confined to this deployment's prefix allows it."""
         pool = getattr(self._redis, "connection_pool", None)  # a Cluster client heals per node on its own
         if pool is not None:
             with contextlib.suppress(Exception):
                 await pool.disconnect(inuse_connections=False)
-        await self._redis.exists(SERVING_PROBE)
+        try:
+            await self._redis.ping()  # LOADING is a BusyLoadingError, a ConnectionError: retried by `run`
+        except ResponseError as error:  # not allowed to ask (an ACL without PING): no reason to stop reading
+            log.debug("%s: serving probe refused (%s)", self.name, type(error).__name__)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
