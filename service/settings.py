@@ -63,6 +63,53 @@ def demo_session_key(data_dir: Path) -> str | None:
     return key
 
 
+def origin_list(value: str) -> str:
+    """Host origins (space separated) like `https://*.sobot.com`: scheme and host, no path."""
+    if not value.split():
+        raise ValueError("names no origin")
+    for origin in value.split():
+        scheme, sep, rest = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ValueError(f"{origin!r} is not an origin like https://*.sobot.com")
+    return value
+
+
+def trustable_names(value: str) -> str:
+    """The unsigned keys chosen to be trusted (space or comma separated), checked and normalised."""
+    names = value.replace(",", " ").split()
+    unknown = [name for name in names if name not in TRUSTABLE]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: only {' and '.join(TRUSTABLE)} can be trusted unsigned")
+    return " ".join(names)
+
+
+def surface_names(value: str) -> str:
+    """A list of surfaces (space or comma separated; `none` for none), checked and normalised."""
+    names = value.replace(",", " ").split()
+    if names == ["none"]:
+        return ""
+    if not names:
+        raise ValueError("is empty: name surfaces (e.g. workbench), or none")
+    known = [surface.value for surface in Surface]
+    for name in names:
+        if name not in known:
+            raise ValueError(f"{name!r} is not a surface; use {', '.join(known)} (or none)")
+    return " ".join(names)
+
+
+def http_url(value: str | None) -> str | None:
+    """An http(s) base URL, without its trailing slash."""
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/") if value else None
+
+
+def existing_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PANEL_",
@@ -210,28 +257,10 @@ class Settings(BaseSettings):
             raise ValueError(f"{', '.join(empty)}: set but empty; give a value, or unset it")
         return data
 
-    @field_validator("host_origins")
-    @classmethod
-    def _origins_are_urls(cls, value: str) -> str:
-        for origin in value.split():
-            scheme, sep, rest = origin.partition("://")
-            if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
-                raise ValueError(f"{origin!r} is not an origin like https://*.sobot.com")
-        return value
-
-    @field_validator("trust_unsigned")
-    @classmethod
-    def _trustable(cls, value: str) -> str:
-        names = value.replace(",", " ").split()
-        unknown = [name for name in names if name not in TRUSTABLE]
-        if unknown:
-            raise ValueError(f"{', '.join(unknown)}: only {' and '.join(TRUSTABLE)} can be trusted unsigned")
-        return " ".join(names)
-
-    @field_validator("card_surfaces", "ticket_surfaces")
-    @classmethod
-    def _surface_names(cls, value: str) -> str:
-        return surface_names(value)
+    # The checks a tenant's table shares (tenants/config.py): written once, below the class.
+    _origins = field_validator("host_origins")(origin_list)
+    _trustable = field_validator("trust_unsigned")(trustable_names)
+    _surfaces = field_validator("card_surfaces", "ticket_surfaces")(surface_names)
 
     @field_validator("redis_url")
     @classmethod
@@ -263,26 +292,8 @@ class Settings(BaseSettings):
             raise ValueError("is set but PANEL_REDIS_URL does not use TLS (rediss://...)")
         return value
 
-    @field_validator("directory_url", "wecom_gateway", "public_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/") if value else None
-
-    @field_validator("tenants")
-    @classmethod
-    def _tenants_file_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
-
-    @field_validator("ticket_fields")
-    @classmethod
-    def _ticket_fields_exist(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
+    _http = field_validator("directory_url", "wecom_gateway", "public_url")(http_url)
+    _files = field_validator("tenants", "ticket_fields")(existing_file)
 
     @model_validator(mode="after")
     def _demo_defaults(self) -> Settings:
@@ -378,20 +389,6 @@ class Settings(BaseSettings):
         assert self.session_key is not None  # filled in by validation
         previous = [self.session_key_previous.get_secret_value().encode()] if self.session_key_previous else []
         return self.session_key.get_secret_value().encode(), previous
-
-
-def surface_names(value: str) -> str:
-    """A list of surfaces (space or comma separated; `none` for none), checked and normalised."""
-    names = value.replace(",", " ").split()
-    if names == ["none"]:
-        return ""
-    if not names:
-        raise ValueError("is empty: name surfaces (e.g. workbench), or none")
-    known = [surface.value for surface in Surface]
-    for name in names:
-        if name not in known:
-            raise ValueError(f"{name!r} is not a surface; use {', '.join(known)} (or none)")
-    return " ".join(names)
 
 
 def _is_blank(value: Any) -> bool:

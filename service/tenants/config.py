@@ -16,12 +16,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from ..protocol.trust import TRUSTABLE
 from ..redis.keys import NAMESPACES
-from ..settings import Settings, surface_names
+from ..settings import (
+    DEFAULT_HOST_ORIGINS,
+    Settings,
+    existing_file,
+    http_url,
+    origin_list,
+    surface_names,
+    trustable_names,
+)
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-DEFAULT_HOST_ORIGINS = "https://*.sobot.com https://*.soboten.com"
 # Keys that hold a secret: each may be given as `<key>_file` instead (a Kubernetes Secret mounted as files).
 SECRET_KEYS = ("secret", "secret_previous", "wecom_secret", "directory_token", "api_token", "ops_token")
 
@@ -56,44 +62,11 @@ class CompanyConfig(BaseModel):
     lang: Literal["zh", "en"] = "zh"
     trust_unsigned: str = ""
 
-    @field_validator("host_origins")
-    @classmethod
-    def _origins(cls, value: str) -> str:
-        for origin in value.split():
-            scheme, sep, rest = origin.partition("://")
-            if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
-                raise ValueError(f"{origin!r} is not an origin like https://*.sobot.com")
-        if not value.split():
-            raise ValueError("names no origin")
-        return value
-
-    @field_validator("directory_url")
-    @classmethod
-    def _http(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/") if value else value
-
-    @field_validator("ticket_fields")
-    @classmethod
-    def _file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
-
-    @field_validator("card_surfaces", "ticket_surfaces")
-    @classmethod
-    def _surfaces(cls, value: str) -> str:
-        return surface_names(value)
-
-    @field_validator("trust_unsigned")
-    @classmethod
-    def _trustable(cls, value: str) -> str:
-        names = value.replace(",", " ").split()
-        unknown = [name for name in names if name not in TRUSTABLE]
-        if unknown:
-            raise ValueError(f"{', '.join(unknown)}: only {' and '.join(TRUSTABLE)} can be trusted unsigned")
-        return " ".join(names)
+    _origins = field_validator("host_origins")(origin_list)
+    _http = field_validator("directory_url")(http_url)
+    _file = field_validator("ticket_fields")(existing_file)
+    _surfaces = field_validator("card_surfaces", "ticket_surfaces")(surface_names)
+    _trustable = field_validator("trust_unsigned")(trustable_names)
 
 
 def single_company(settings: Settings) -> CompanyConfig | None:
