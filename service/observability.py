@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 import aiohttp
 import pythonjsonlogger.json
@@ -37,11 +37,13 @@ from prometheus_client.registry import Collector
 
 from . import __version__, context
 
+Labelled = TypeVar("Labelled", Counter, Gauge, Histogram)
+
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._request_children: dict[tuple[str, int, str], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self.audit_groups_reported: dict[str, set[str]] = {}  # per tenant: the group labels last reported
         # `tenant`: the company a request or event belongs to ("" for the single-company settings); its values
         # are bounded by the configured tenants (an unknown /t/NAME/ is answered before it is counted as one).
@@ -187,20 +189,25 @@ class Metrics:
     def request_done(
         self, route: str, status: int, seconds: float, *, tenant: str = "", long_lived: bool = False
     ) -> None:
-        """Count and time one request; the labelled children are looked up once per route and status.
+        """Count and time one request (the labelled children looked up once, `child`).
 
         A websocket or an event stream is timed in its own histogram (its lifetime, not a latency)."""
         if long_lived:
             self.requests.labels(route, str(status), tenant).inc()
             self.connection_seconds.labels(route).observe(seconds)
             return
-        key = (route, status, tenant)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (self.requests.labels(route, str(status), tenant), self.latency.labels(route))
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self.child(self.requests, route, str(status), tenant).inc()
+        self.child(self.latency, route).observe(seconds)
+
+    def child(self, metric: Labelled, *values: str) -> Labelled:
+        """`metric.labels(*values)`, looked up once: prometheus_client's own lookup takes a lock and
+        checks its arguments on every call, which the hot paths (every page, every lookup) need not pay.
+        The label values are bounded sets (routes, statuses, tenants, sources), as they must be anyway."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def observe_upstream(self, seconds: float, outcome: str, *, tenant: str = "") -> None:
         self.upstream_calls.labels(outcome, tenant).inc()

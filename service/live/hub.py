@@ -213,7 +213,7 @@ class LiveHub:
             unless_shown
             and shown == conn.shown
             and panel.claims.partner_id == conn.claims.partner_id
-            and company.core.renewed(conn.claims) is None
+            and not company.core.renewal_due(conn.claims)
         ):
             self._metrics.pushes_skipped.inc()
             return False

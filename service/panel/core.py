@@ -14,8 +14,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter
-
 from ..clock import now_ms
 from ..directory.cache import CacheResult, CustomerCache
 from ..directory.models import Customer, UpstreamError
@@ -107,9 +105,6 @@ class PanelCore:
         self._ttl_ms = session_ttl_s * 1000
         self._max_age_ms = session_max_age_s * 1000
         self._boot = boot  # deployment-wide boot data (origins, card format, ...)
-        # labelled counter children, looked up once
-        self._lookups: dict[str, Counter] = {}
-        self._disagreements: dict[tuple[Surface, str], Counter] = {}
         self._boots: dict[tuple[Surface, View | None, Lang], SplicedJson] = {}
 
     # --- verify ----------------------------------------------------------------------------------
@@ -170,21 +165,13 @@ class PanelCore:
             result = await self.cache.get(selection.keys)
         except UpstreamError as error:
             raise Unavailable(Code.UPSTREAM_UNAVAILABLE) from error
-        counter = self._lookups.get(result.source)
-        if counter is None:
-            counter = self._lookups[result.source] = self._metrics.cache_lookups.labels(result.source, self.tenant)
-        counter.inc()
+        self._metrics.child(self._metrics.cache_lookups, result.source, self.tenant).inc()
         if result.customer is None:
             return Lookup(selection, result, verified=False)
         held = customer_keys(result.customer)
         for field in disagreements(selection, held):
             # An unsigned key that contradicts the signed one never wins; it is counted, not shown.
-            counter = self._disagreements.get((surface, field))
-            if counter is None:
-                counter = self._disagreements[(surface, field)] = self._metrics.unsigned_disagreements.labels(
-                    surface.value, field, self.tenant
-                )
-            counter.inc()
+            self._metrics.child(self._metrics.unsigned_disagreements, surface.value, field, self.tenant).inc()
         return Lookup(selection, result, verified=selection.secret and matches(selection.signed, held))
 
     def _fragment(
@@ -277,9 +264,19 @@ class PanelCore:
     def renewed(self, claims: SessionClaims) -> tuple[SessionClaims, str] | None:
         """Past half its life a token is renewed, so a long-lived panel never holds a dead one; never past
         the session's absolute end (`born + max age`), after which only a freshly signed context will do."""
+        expires = self._renewal(claims)
+        if expires is None:
+            return None
+        fresh = dataclasses.replace(claims, expires_ms=expires)
+        return fresh, self.tokens.issue(fresh)
+
+    def renewal_due(self, claims: SessionClaims) -> bool:
+        """Whether `renewed` would renew this token (asked without minting one)."""
+        return self._renewal(claims) is not None
+
+    def _renewal(self, claims: SessionClaims) -> int | None:
         now = now_ms()
         expires = min(now + self._ttl_ms, claims.born_ms + self._max_age_ms)
         if claims.expires_ms - now >= self._ttl_ms // 2 or expires <= claims.expires_ms:
             return None
-        fresh = dataclasses.replace(claims, expires_ms=expires)
-        return fresh, self.tokens.issue(fresh)
+        return expires
