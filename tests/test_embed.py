@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -170,6 +171,10 @@ async def test_access_log_never_holds_the_query(client: TestClient[Any, Any], ca
     sign = query.split("sign=")[1].split("&")[0]
     with caplog.at_level(logging.INFO):
         await client.get(f"/embed/workbench?{query}")
+        # aiohttp writes the access line after the response has gone out: the client may see it first
+        deadline = time.monotonic() + 5
+        while not any(r.name == "aiohttp.access" for r in caplog.records) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
     access = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
     assert any("/embed/workbench" in line for line in access)
     assert all(sign not in line and "C1001" not in line for line in access)

@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDictProxy
+from sobot_panel import observability
 from sobot_panel.app import create_app
 from sobot_panel.observability import JsonFormatter, RateLimit, RequestContext, configure_logging
 from sobot_panel.protocol.signing import sign_fields
@@ -96,17 +97,26 @@ def test_repeated_warnings_are_rate_limited() -> None:
     assert "59 more like this" in later.getMessage()
 
 
+@pytest.fixture
+def restored_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`configure_logging` sets process-wide state (the root handlers and level, the access-line sink):
+    put it back, or every later test's access lines go to stderr instead of the `aiohttp.access` logger."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setattr(observability, "_ACCESS_SINK", observability._ACCESS_SINK)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.mark.parametrize("level", ["debug", "WARNING", "error"])
-def test_the_log_level_setting(level: str, make_settings: Callable[..., Settings]) -> None:
+def test_the_log_level_setting(level: str, make_settings: Callable[..., Settings], restored_logging: None) -> None:
     settings = make_settings(log_level=level)
     configure_logging("json", settings.log_level)
-    try:
-        assert logging.getLogger().level == logging.getLevelName(level.upper())
-        handler = logging.getLogger().handlers[0]
-        assert any(isinstance(f, RateLimit) for f in handler.filters)
-        assert any(isinstance(f, RequestContext) for f in handler.filters)
-    finally:
-        configure_logging("text", logging.WARNING)
+    assert logging.getLogger().level == logging.getLevelName(level.upper())
+    handler = logging.getLogger().handlers[0]
+    assert any(isinstance(f, RateLimit) for f in handler.filters)
+    assert any(isinstance(f, RequestContext) for f in handler.filters)
 
 
 async def test_request_id_and_traceparent_reach_the_customer_api(
