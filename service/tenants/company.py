@@ -89,11 +89,11 @@ class Company:
         """Its value of the metrics' `tenant` label."""
         return self.name
 
-    @property
-    def card_surfaces(self) -> frozenset[Surface]:
+    @functools.cached_property
+    def card_surfaces(self) -> frozenset[Surface]:  # read on every send: parsed once per company
         return _surfaces(self.config.card_surfaces)
 
-    @property
+    @functools.cached_property
     def ticket_surfaces(self) -> frozenset[Surface]:
         return _surfaces(self.config.ticket_surfaces)
 
@@ -118,7 +118,6 @@ class Company:
         await self.directory.close()
 
 
-@functools.lru_cache(maxsize=64)  # read on every send: parse each company's setting once
 def _surfaces(names: str) -> frozenset[Surface]:
     return frozenset(Surface(name) for name in names.split())
 
